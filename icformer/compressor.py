@@ -1,0 +1,271 @@
+"""`ContextCompressor`: the one entry point. Compress a context, then ask or reconstruct.
+
+    cc = ContextCompressor.from_default()
+    z = cc.compress(text)                  # CompressedContext (IC-Former digests)
+    cc.answer(z, "Who wrote the letter?")  # Answer with timings
+
+Methods share one interface: "icformer" (digests from word embeddings), "icae" (slots
+from the LLM run with LoRA; see icae.py) and "full" (the raw context's own token
+embeddings, the reference every comparison needs).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .context import VERSION, CompressedContext
+from .generation import Answer, SamplingOptions, generate_from_embeds
+from .llm import TargetLLM, load_llm
+from .modeling_icformer import ICFormerConfig, ICFormerModel, chunk_bounds
+from .prompts import assemble, question_layout, reconstruction_layout, stop_token_ids
+from .text import DEFAULT_MAX_CONTEXT_TOKENS, check_length, clean_text
+from .timing import now, peak_memory_bytes, reset_peak_memory
+
+METHODS = ("icformer", "icae", "full")
+ASSETS_DIR = Path(os.environ.get("ICFORMER_ASSETS", Path(__file__).resolve().parent.parent / "assets"))
+# The embedded default keeps the paper's 4x ratio at a size 2 CPU cores can train:
+# k=32 digests per chunk of L=128 tokens (the paper: k=128, L=512).
+EMBEDDED_COMPRESSOR = dict(num_digest_tokens=32, chunk_size=128)
+
+
+class UntrainedWarning(UserWarning):
+    """The compressor's weights are random: its outputs are noise, not results."""
+
+
+class ContextCompressor:
+    def __init__(
+        self,
+        target: TargetLLM,
+        icformer: ICFormerModel,
+        icae: Any | None = None,
+        *,
+        max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS,
+    ) -> None:
+        for model in filter(None, (icformer, icae)):
+            if model.config.hidden_size != target.hidden_size:
+                raise ValueError(
+                    f"{model.method} checkpoint has hidden size {model.config.hidden_size}, "
+                    f"but the LLM {target.name} has hidden size {target.hidden_size}"
+                )
+        self.target = target
+        self.icformer = icformer.to(target.device).eval().requires_grad_(False)
+        self.icae = icae.to(target.device).eval().requires_grad_(False) if icae is not None else None
+        self.max_context_tokens = max_context_tokens
+        for model in filter(None, (icformer, icae)):
+            if not model.trained:
+                warnings.warn(
+                    f"The {model.method} compressor is randomly initialised (no trained checkpoint): "
+                    "its outputs are noise. Results carry trained=False.",
+                    UntrainedWarning,
+                    stacklevel=3,
+                )
+
+    # ----------------------------------------------------------------------- construction
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        llm: str | None = None,
+        icformer: str | Path | None = None,
+        icae: str | Path | None = None,
+        *,
+        gguf_file: str | None = None,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> "ContextCompressor":
+        """Load an LLM (HF id, local dir, GGUF, or None for the embedded default) and compressors.
+
+        Without an IC-Former checkpoint a seeded random one sized for the LLM is built.
+        """
+        target = load_llm(llm, gguf_file=gguf_file, device=device, dtype=dtype)
+        if icformer is not None:
+            model = ICFormerModel.from_pretrained(icformer)
+        else:
+            torch.manual_seed(seed)
+            model = ICFormerModel(ICFormerConfig.for_llm(target.model.config, **EMBEDDED_COMPRESSOR))
+        icae_model = None
+        if icae is not None:
+            from .icae import ICAEModel
+
+            icae_model = ICAEModel.from_pretrained(icae, target)
+        return cls(target, model.to(target.dtype), icae_model, **kwargs)
+
+    @classmethod
+    def from_default(cls, *, device: str | None = None, assets_dir: str | Path | None = None, **kwargs: Any):
+        """The embedded default: SmolLM2-135M-Instruct plus the checkpoints under assets/."""
+        checkpoints = Path(assets_dir or ASSETS_DIR) / "checkpoints"
+        found = lambda name: checkpoints / name if (checkpoints / name / "config.json").is_file() else None  # noqa: E731
+        return cls.from_pretrained(None, found("icformer"), found("icae"), device=device, **kwargs)
+
+    # ----------------------------------------------------------------------- properties
+
+    @property
+    def tokenizer(self):
+        return self.target.tokenizer
+
+    @property
+    def llm(self):
+        return self.target.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.target.device
+
+    def methods(self) -> list[str]:
+        """Methods this instance can run."""
+        return [m for m in METHODS if m != "icae" or self.icae is not None]
+
+    def _compressor(self, method: str):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+        if method == "icae" and self.icae is None:
+            raise ValueError("no ICAE model is loaded; pass icae=<checkpoint dir> to from_pretrained")
+        return {"icformer": self.icformer, "icae": self.icae}.get(method)
+
+    # ----------------------------------------------------------------------- compress
+
+    def tokenize(self, text: str | bytes) -> list[int]:
+        """Clean and tokenise a context, refusing over-long input before tokenising it."""
+        text = clean_text(text, "context")
+        check_length(len(text), self.max_context_tokens, unit="characters")
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        check_length(len(ids), self.max_context_tokens)
+        if not ids:
+            raise ValueError("The context produced no tokens.")
+        return ids
+
+    @torch.no_grad()
+    def compress(
+        self, text: str | bytes | Sequence[str | bytes], method: str = "icformer"
+    ) -> CompressedContext | list[CompressedContext]:
+        """Compress one context, or several in one batched call (same vectors as one by one)."""
+        single = isinstance(text, (str, bytes, bytearray))
+        texts = [text] if single else list(text)
+        if not texts:
+            raise ValueError("no contexts given")
+        model = self._compressor(method)
+        ids = [self.tokenize(t) for t in texts]
+        reset_peak_memory(self.device)
+        start = now(self.device)
+        vectors = self._encode(method, ids)
+        seconds = now(self.device) - start
+        memory = peak_memory_bytes(self.device)
+        k, L = (model.config.num_digest_tokens, model.config.chunk_size) if model else (None, None)
+        trained = model.trained if model else True
+        results = [
+            CompressedContext(
+                vectors=v,
+                metadata=dict(
+                    method=method,
+                    llm=self.target.name,
+                    llm_hash=self.target.fingerprint,
+                    hidden_size=self.target.hidden_size,
+                    k=k,
+                    L=L,
+                    num_chunks=len(chunk_bounds(len(i), L)) if L else 1,
+                    num_tokens=len(i),
+                    version=VERSION,
+                    trained=trained,
+                    device=str(self.device),
+                    batch_size=len(ids),
+                    memory_bytes=memory,
+                    memory_kind="cuda_peak" if self.device.type == "cuda" else "cpu_rss",
+                ),
+                # One batched call: each context is charged the batch's wall time.
+                timings={"compress_s": seconds},
+            )
+            for i, v in zip(ids, vectors)
+        ]
+        return results[0] if single else results
+
+    def _encode(self, method: str, ids: list[list[int]]) -> list[torch.Tensor]:
+        embeds = [self.target.embed(torch.tensor(i, device=self.device)) for i in ids]
+        if method == "icformer":
+            return self.icformer.compress(embeds)
+        if method == "icae":
+            return self.icae.compress(ids)
+        return embeds  # "full": the context itself, as the LLM would read it
+
+    # ----------------------------------------------------------------------- decode
+
+    def _as_context(self, context: CompressedContext | str | bytes, method: str | None) -> CompressedContext:
+        if isinstance(context, CompressedContext):
+            if method is not None and method != context.method:
+                raise ValueError(f"context was compressed with {context.method!r}, not {method!r}")
+            self._check_compatible(context)
+            return context
+        return self.compress(context, method or "icformer")
+
+    def _check_compatible(self, context: CompressedContext) -> None:
+        meta = context.metadata
+        if meta["llm_hash"] != self.target.fingerprint or meta["hidden_size"] != self.target.hidden_size:
+            raise ValueError(
+                f"This context was compressed for LLM {meta['llm']!r} (hash {meta['llm_hash'][:12]}, hidden "
+                f"{meta['hidden_size']}), but this compressor uses {self.target.name!r} (hash "
+                f"{self.target.fingerprint[:12]}, hidden {self.target.hidden_size}). Compress it again with this LLM."
+            )
+        self._compressor(context.method)
+
+    def answer(
+        self,
+        context: CompressedContext | str | bytes,
+        question: str | bytes,
+        *,
+        method: str | None = None,
+        streamer: Any | None = None,
+        **sampling: Any,
+    ) -> Answer:
+        """Answer a question from a compressed context (a raw string is compressed first)."""
+        question = clean_text(question, "question")
+        ctx = self._as_context(context, method)
+        layout = question_layout(self.tokenizer, question, task=None if ctx.method == "full" else "FT")
+        return self._generate(ctx, layout, SamplingOptions(**sampling), streamer)
+
+    def reconstruct(
+        self, context: CompressedContext | str | bytes, *, method: str | None = None, **sampling: Any
+    ) -> Answer:
+        """Decode the vectors back into text (the autoencoding task the compressor pre-trains on)."""
+        ctx = self._as_context(context, method)
+        if ctx.method == "full":
+            raise ValueError("the full-context method keeps the text itself; there is nothing to reconstruct")
+        sampling.setdefault("max_new_tokens", ctx.num_tokens + 16)
+        return self._generate(ctx, reconstruction_layout(self.tokenizer), SamplingOptions(**sampling), None)
+
+    def _generate(self, ctx: CompressedContext, layout, options: SamplingOptions, streamer) -> Answer:
+        model = self._compressor(ctx.method)
+        task_vector = model.task_embedding(layout.task) if layout.task else None
+        vectors = ctx.vectors.to(device=self.device, dtype=self.target.dtype)
+        inputs = assemble(self.target.embed, layout, vectors, task_vector)
+        with self._decoder():
+            ids, timings, memory = generate_from_embeds(
+                self.llm, self.tokenizer, inputs, options, stop_token_ids(self.tokenizer), streamer
+            )
+        compress_s = ctx.timings.get("compress_s", 0.0)
+        timings = {"compress_s": compress_s, **timings}
+        timings["total_s"] = compress_s + timings["prefill_s"] + timings["decode_s"]
+        return Answer(
+            text=self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+            token_ids=ids,
+            method=ctx.method,
+            timings=timings,
+            peak_memory_bytes=memory,
+            memory_kind="cuda_peak" if self.device.type == "cuda" else "cpu_rss",
+            trained=ctx.trained,
+            prompt_positions=int(inputs.shape[0]),
+            device=str(self.device),
+        )
+
+    def _decoder(self):
+        """The LLM decodes with any ICAE adapter switched off (it only encodes)."""
+        if self.icae is not None:
+            return self.icae.adapter_disabled()
+        from contextlib import nullcontext
+
+        return nullcontext()

@@ -1,0 +1,330 @@
+"""IC-Former: a few cross-attention layers that digest a context into k vectors.
+
+Wang et al., "In-Context Former: Lightning-fast Compressing Context for Large Language
+Model" (EMNLP 2024 Findings, arXiv 2406.13618). Read this file top to bottom:
+
+    config -> RMSNorm -> RoPE -> digest cross-attention -> SwiGLU FFN -> block -> model
+
+The compressor never runs the target LLM. It reads the LLM's frozen word embeddings of a
+context chunk (n <= L tokens) with k learnable digest tokens as queries:
+
+* keys/values = concat(context embeddings, digest embeddings), built once per chunk and
+  re-normalised by each layer's own RMSNorm;
+* digest i attends to every context token and to digests 1..i ("causal cross attention");
+* RoPE: keys sit at positions 0..n+k-1 (context first), queries at the last k, n..n+k-1;
+* the final-norm digest states are handed to the LLM as `inputs_embeds`, unprojected.
+
+Longer contexts are cut into ceil(n/L) near-equal chunks; every chunk of every context is
+compressed in one batched call and the digests are concatenated per context.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass
+class ICFormerConfig:
+    """Shape and initialisation of an IC-Former; sizes default to the paper's Llama-2-7B."""
+
+    hidden_size: int = 4096
+    num_layers: int = 3
+    num_heads: int = 32
+    intermediate_size: int = 11008
+    num_digest_tokens: int = 128  # k: digest vectors per chunk
+    chunk_size: int = 512  # L: context tokens per chunk at most
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+    # Deviations from the paper, off by default (see MEASUREMENTS.md): the reference code
+    # starts digests at zero and the final norm gain at 1.0, which puts outputs ~7x above
+    # the scale of the word embeddings the LLM expects.
+    digest_init_std: float = 0.0
+    output_norm_init: float = 1.0
+    task_names: list[str] = field(default_factory=lambda: ["AE", "FT"])
+
+    @property
+    def k(self) -> int:
+        return self.num_digest_tokens
+
+    @property
+    def L(self) -> int:  # noqa: N802 - the paper's symbol
+        return self.chunk_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
+        if self.num_digest_tokens < 1 or self.chunk_size < 1:
+            raise ValueError("num_digest_tokens (k) and chunk_size (L) must be positive")
+
+    @classmethod
+    def for_llm(cls, llm_config: Any, **overrides: Any) -> "ICFormerConfig":
+        """Size the compressor like its target LLM, as the paper does (hidden, heads, FFN)."""
+        values = dict(
+            hidden_size=llm_config.hidden_size,
+            num_heads=llm_config.num_attention_heads,
+            intermediate_size=llm_config.intermediate_size,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ICFormerConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+# --------------------------------------------------------------------------- chunking
+
+
+def chunk_bounds(num_tokens: int, chunk_size: int) -> list[tuple[int, int]]:
+    """Cut n tokens into ceil(n/L) near-equal chunks, as the reference code does."""
+    if num_tokens < 1:
+        raise ValueError("cannot chunk an empty context")
+    num_chunks = math.ceil(num_tokens / chunk_size)
+    size = math.ceil(num_tokens / num_chunks)
+    return [(start, min(start + size, num_tokens)) for start in range(0, num_tokens, size)]
+
+
+# --------------------------------------------------------------------------- layers
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float, init: float = 1.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((hidden_size,), float(init)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """Llama-style RoPE evaluated at arbitrary per-row positions (in fp32)."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[..., None] * self.inv_freq  # [B, T, d/2]
+        angles = torch.cat([freqs, freqs], dim=-1)[:, None]  # [B, 1, T, d]
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class DigestCrossAttention(nn.Module):
+    """Digest queries attend over [context; digests] keys and values."""
+
+    def __init__(self, config: ICFormerConfig) -> None:
+        super().__init__()
+        h, self.num_heads, self.head_dim = config.hidden_size, config.num_heads, config.head_dim
+        self.q_proj = nn.Linear(h, h, bias=False)
+        self.k_proj = nn.Linear(h, h, bias=False)
+        self.v_proj = nn.Linear(h, h, bias=False)
+        self.o_proj = nn.Linear(h, h, bias=False)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        queries: torch.Tensor,  # [B, k, h]
+        keys_values: torch.Tensor,  # [B, n+k, h]
+        mask: torch.Tensor,  # [B, 1, k, n+k] bool, True = may attend
+        rope_q: tuple[torch.Tensor, torch.Tensor],
+        rope_kv: tuple[torch.Tensor, torch.Tensor],
+        return_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        q = apply_rope(self._heads(self.q_proj(queries)), *rope_q)
+        k = apply_rope(self._heads(self.k_proj(keys_values)), *rope_kv)
+        v = self._heads(self.v_proj(keys_values))
+        weights = None
+        if return_weights:  # explicit softmax, for attention analysis and tests
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+            weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+            out = weights @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        b, _, t, _ = out.shape
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), weights
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config: ICFormerConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class ICFormerBlock(nn.Module):
+    """Pre-norm block: cross-attention (own norms for queries and for K/V), then FFN."""
+
+    def __init__(self, config: ICFormerConfig) -> None:
+        super().__init__()
+        self.query_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.kv_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.attn = DigestCrossAttention(config)
+        self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.ffn = SwiGLU(config)
+
+    def forward(self, x, keys_values, mask, rope_q, rope_kv, return_weights=False):
+        attended, weights = self.attn(
+            self.query_norm(x), self.kv_norm(keys_values), mask, rope_q, rope_kv, return_weights
+        )
+        x = x + attended
+        x = x + self.ffn(self.ffn_norm(x))
+        return x, weights
+
+
+# --------------------------------------------------------------------------- model
+
+
+class ICFormerModel(nn.Module):
+    """The compressor: digest embeddings, task vectors ([AE], [FT]) and the blocks."""
+
+    method = "icformer"
+
+    def __init__(self, config: ICFormerConfig) -> None:
+        super().__init__()
+        self.config = config
+        h = config.hidden_size
+        self.digest_embeddings = nn.Parameter(torch.zeros(config.num_digest_tokens, h))
+        # Task vectors are read by the LLM, not by the compressor: [AE] asks for the context
+        # back (pre-training), [FT] marks digests to be used for a prompt (fine-tuning).
+        self.task_embeddings = nn.ParameterDict({name: nn.Parameter(torch.zeros(h)) for name in config.task_names})
+        self.layers = nn.ModuleList(ICFormerBlock(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(h, config.rms_norm_eps, init=config.output_norm_init)
+        self.rope = RotaryEmbedding(config.head_dim, config.rope_theta)
+        self.trained = False  # set by from_pretrained from the checkpoint's own record
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Trained from scratch: Linear ~ N(0, 0.02); digests per config (paper: zeros)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=self.config.initializer_range)
+        if self.config.digest_init_std > 0:
+            nn.init.normal_(self.digest_embeddings, std=self.config.digest_init_std)
+
+    def task_embedding(self, name: str) -> torch.Tensor:
+        if name not in self.task_embeddings:
+            raise KeyError(f"no task vector {name!r}; this model has {list(self.task_embeddings)}")
+        return self.task_embeddings[name]
+
+    def forward(
+        self,
+        context_embeds: torch.Tensor,  # [B, n, h] word embeddings of one chunk per row
+        context_mask: torch.Tensor | None = None,  # [B, n] bool, False = padding (right)
+        return_attentions: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Digest a batch of chunks into [B, k, h] vectors (plus per-layer attention maps)."""
+        b, n, h = context_embeds.shape
+        k, device, dtype = self.config.num_digest_tokens, context_embeds.device, context_embeds.dtype
+        if n > self.config.chunk_size:
+            raise ValueError(f"chunk of {n} tokens exceeds chunk_size L={self.config.chunk_size}")
+        if context_mask is None:
+            context_mask = torch.ones(b, n, dtype=torch.bool, device=device)
+        lengths = context_mask.sum(-1)  # true chunk lengths; padding sits on the right
+
+        digests = self.digest_embeddings.to(dtype).expand(b, k, h)
+        keys_values = torch.cat([context_embeds, digests], dim=1)
+
+        # Positions: context token j -> j, digest i -> n_true + i; queries are the digests.
+        query_pos = lengths[:, None] + torch.arange(k, device=device)
+        key_pos = torch.cat([torch.arange(n, device=device).expand(b, n), query_pos], dim=1)
+        rope_q, rope_kv = self.rope(query_pos, dtype), self.rope(key_pos, dtype)
+
+        causal = torch.ones(k, k, dtype=torch.bool, device=device).tril()
+        mask = torch.cat([context_mask[:, None, :].expand(b, k, n), causal.expand(b, k, k)], dim=-1)
+        mask = mask[:, None]  # broadcast over heads
+
+        x, attentions = digests, [] if return_attentions else None
+        for layer in self.layers:
+            x, weights = layer(x, keys_values, mask, rope_q, rope_kv, return_attentions)
+            if attentions is not None:
+                attentions.append(weights)
+        return self.norm(x), attentions
+
+    def compress(self, contexts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Divide and conquer: all chunks of all contexts ([n_i, h] each) in one batched call."""
+        bounds = [chunk_bounds(emb.shape[0], self.config.chunk_size) for emb in contexts]
+        chunks = [emb[start:end] for emb, spans in zip(contexts, bounds) for start, end in spans]
+        lengths = torch.tensor([c.shape[0] for c in chunks], device=chunks[0].device)
+        padded = nn.utils.rnn.pad_sequence(chunks, batch_first=True)
+        mask = torch.arange(padded.shape[1], device=padded.device) < lengths[:, None]
+        digests, _ = self(padded, mask)
+        return [d.flatten(0, 1) for d in digests.split([len(spans) for spans in bounds])]
+
+    # ----------------------------------------------------------------------- persistence
+
+    def save_pretrained(self, directory: str | Path, *, trained: bool | None = None, **record: Any) -> Path:
+        """Write config.json and model.safetensors (digest and task vectors included)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"method": self.method, **self.config.to_dict()}
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        trained = self.trained if trained is None else trained
+        metadata = {"method": self.method, "trained": json.dumps(bool(trained)), "record": json.dumps(record)}
+        state = {name: t.detach().contiguous().cpu() for name, t in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata=metadata)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> "ICFormerModel":
+        directory = Path(directory)
+        if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{directory} is not an IC-Former checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        values = json.loads((directory / CONFIG_NAME).read_text())
+        if values.get("method", cls.method) != cls.method:
+            raise ValueError(f"{directory} holds a {values['method']!r} checkpoint, not {cls.method!r}")
+        model = cls(ICFormerConfig.from_dict(values))
+        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
+        model.trained = read_checkpoint_metadata(directory / WEIGHTS_NAME).get("trained") == "true"
+        return model.to(device)
+
+
+def read_checkpoint_metadata(path: str | Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})

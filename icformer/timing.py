@@ -1,0 +1,43 @@
+"""Wall-clock timing that is honest on GPUs (synchronise before reading the clock)."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import psutil
+import torch
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def now(device: torch.device | str) -> float:
+    """perf_counter after all queued work on `device` has finished."""
+    synchronize(device)
+    return time.perf_counter()
+
+
+@contextmanager
+def timed(device: torch.device | str, into: dict[str, float], key: str) -> Iterator[None]:
+    """Add the seconds spent in the block to `into[key]`."""
+    start = now(device)
+    try:
+        yield
+    finally:
+        into[key] = into.get(key, 0.0) + now(device) - start
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device | str) -> int:
+    """CUDA peak allocation since the last reset; on CPU the process's resident set size."""
+    if torch.device(device).type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(psutil.Process().memory_info().rss)

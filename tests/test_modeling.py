@@ -1,0 +1,149 @@
+"""IC-Former forward pass: shapes, the digest-causal mask, RoPE positions, chunking, persistence."""
+
+import pytest
+import torch
+
+from icformer import ICFormerConfig, ICFormerModel
+from icformer.modeling_icformer import chunk_bounds
+
+H, K, L = 32, 4, 16
+
+
+def make_model(**overrides) -> ICFormerModel:
+    torch.manual_seed(0)
+    cfg = dict(hidden_size=H, num_heads=4, intermediate_size=64, num_digest_tokens=K, chunk_size=L, digest_init_std=0.02)
+    cfg.update(overrides)
+    return ICFormerModel(ICFormerConfig(**cfg)).eval()
+
+
+def test_config_for_llm_takes_the_llms_sizes():
+    class LlmConfig:
+        hidden_size, num_attention_heads, intermediate_size = 576, 9, 1536
+
+    cfg = ICFormerConfig.for_llm(LlmConfig(), num_digest_tokens=32, chunk_size=128)
+    assert (cfg.hidden_size, cfg.num_heads, cfg.intermediate_size, cfg.k, cfg.L) == (576, 9, 1536, 32, 128)
+    assert cfg.num_layers == 3 and cfg.rms_norm_eps == 1e-6 and cfg.rope_theta == 10000.0
+
+
+def test_paper_defaults_initialise_digests_and_task_vectors_to_zero():
+    model = ICFormerModel(ICFormerConfig(hidden_size=H, num_heads=4, intermediate_size=64, num_digest_tokens=K, chunk_size=L))
+    assert torch.count_nonzero(model.digest_embeddings) == 0
+    assert set(model.task_embeddings) == {"AE", "FT"}
+    assert all(torch.count_nonzero(v) == 0 for v in model.task_embeddings.values())
+    assert torch.all(model.norm.weight == 1.0)
+
+
+def test_forward_shape():
+    model = make_model()
+    out, _ = model(torch.randn(3, 10, H))
+    assert out.shape == (3, K, H)
+
+
+def test_digest_never_sees_later_digests_and_sees_whole_context():
+    model = make_model()
+    x = torch.randn(1, 10, H)
+    _, attentions = model(x, return_attentions=True)
+    for weights in attentions:  # [B, heads, k, n+k]
+        context_part, digest_part = weights[..., :10], weights[..., 10:]
+        assert torch.all(context_part > 0), "every digest attends to every context token"
+        later = torch.ones(K, K, dtype=torch.bool).triu(1)
+        assert torch.all(digest_part[..., later] == 0), "digest i must not attend to digest j > i"
+        assert torch.all(digest_part[..., ~later] > 0)
+
+
+def test_mask_behaviour_changing_a_digest_only_affects_itself_and_later_ones():
+    model = make_model()
+    x = torch.randn(1, 10, H)
+    base, _ = model(x)
+    with torch.no_grad():
+        model.digest_embeddings[2] += 1.0
+    changed, _ = model(x)
+    assert torch.allclose(base[0, :2], changed[0, :2], atol=1e-6)
+    assert not torch.allclose(base[0, 2:], changed[0, 2:], atol=1e-4)
+
+
+def test_changing_any_context_token_changes_every_digest():
+    model = make_model()
+    x = torch.randn(1, 10, H)
+    base, _ = model(x)
+    x2 = x.clone()
+    x2[0, 7] += 1.0
+    changed, _ = model(x2)
+    assert torch.all((base - changed).abs().amax(-1) > 1e-6)
+
+
+def test_rope_positions_keys_then_digests_queries_last_k():
+    model = make_model()
+    seen = []
+    model.rope.register_forward_hook(lambda mod, args, out: seen.append(args[0].clone()))
+    mask = torch.tensor([[True] * 10, [True] * 6 + [False] * 4])
+    model(torch.randn(2, 10, H), mask)
+    query_pos, key_pos = seen
+    assert query_pos[0].tolist() == list(range(10, 10 + K))
+    assert query_pos[1].tolist() == list(range(6, 6 + K))  # restarts after the true length
+    assert key_pos[0].tolist() == list(range(10 + K))
+    assert key_pos[1, :6].tolist() == list(range(6)) and key_pos[1, 10:].tolist() == list(range(6, 6 + K))
+
+
+def test_padding_is_invisible():
+    model = make_model()
+    x = torch.randn(1, 6, H)
+    alone, _ = model(x)
+    padded = torch.cat([x, torch.randn(1, 4, H)], dim=1)
+    mask = torch.tensor([[True] * 6 + [False] * 4])
+    with_pad, _ = model(padded, mask)
+    assert torch.allclose(alone, with_pad, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "n, expected_chunks", [(1, 1), (L - 1, 1), (L, 1), (L + 1, 2), (3 * L, 3), (3 * L + 1, 4)]
+)
+def test_chunking_gives_k_vectors_per_chunk(n, expected_chunks):
+    bounds = chunk_bounds(n, L)
+    assert len(bounds) == expected_chunks
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    sizes = [e - s for s, e in bounds]
+    assert max(sizes) <= L and max(sizes) - min(sizes) <= expected_chunks  # near-equal
+    (vectors,) = make_model().compress([torch.randn(n, H)])
+    assert vectors.shape == (expected_chunks * K, H)
+
+
+def test_chunking_rejects_empty_and_oversized_chunks():
+    with pytest.raises(ValueError):
+        chunk_bounds(0, L)
+    with pytest.raises(ValueError, match="exceeds chunk_size"):
+        make_model()(torch.randn(1, L + 1, H))
+
+
+def test_batched_compression_equals_one_at_a_time():
+    model = make_model()
+    contexts = [torch.randn(n, H) for n in (3, L, 2 * L + 5, 7)]
+    together = model.compress(contexts)
+    for ctx, vec in zip(contexts, together):
+        (alone,) = model.compress([ctx])
+        assert vec.shape == alone.shape
+        assert torch.allclose(vec, alone, atol=1e-5)
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path):
+    model = make_model(output_norm_init=0.136)
+    with torch.no_grad():
+        model.task_embeddings["FT"].normal_()
+    model.save_pretrained(tmp_path / "ckpt", trained=True, steps=3)
+    loaded = ICFormerModel.from_pretrained(tmp_path / "ckpt").eval()
+    assert loaded.trained is True and loaded.config == model.config
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    x = torch.randn(2, 9, H)
+    assert torch.equal(model(x)[0], loaded(x)[0])
+
+
+def test_loading_a_non_checkpoint_names_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an IC-Former checkpoint"):
+        ICFormerModel.from_pretrained(tmp_path)
+
+
+def test_bad_head_count_is_refused():
+    with pytest.raises(ValueError, match="not divisible"):
+        ICFormerConfig(hidden_size=30, num_heads=4)
