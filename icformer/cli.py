@@ -12,6 +12,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "compress": ("icformer.cli", "compress a text file into a .safetensors compressed context"),
     "answer": ("icformer.cli", "answer a question from a compressed context (or a text file)"),
     "reconstruct": ("icformer.cli", "decode a compressed context back into text"),
+    "train": ("icformer.train", "pre-train or fine-tune IC-Former / ICAE (accelerate)"),
 }
 
 

@@ -33,6 +33,17 @@ ASSETS_DIR = Path(os.environ.get("ICFORMER_ASSETS", Path(__file__).resolve().par
 EMBEDDED_COMPRESSOR = dict(num_digest_tokens=32, chunk_size=128)
 
 
+def encode(model: Any | None, target: TargetLLM, ids: list[list[int]]) -> list[torch.Tensor]:
+    """Vectors per context: IC-Former digests, ICAE slots, or (model None) the token embeddings.
+
+    Shared by inference and training, so gradients flow when the caller allows them.
+    """
+    if model is not None and model.method == "icae":
+        return model.compress(ids)  # ICAE runs the LLM itself, from token ids
+    embeds = [target.embed(torch.tensor(i, device=target.device)) for i in ids]
+    return embeds if model is None else model.compress(embeds)  # None: "full", the context itself
+
+
 class UntrainedWarning(UserWarning):
     """The compressor's weights are random: its outputs are noise, not results."""
 
@@ -154,7 +165,7 @@ class ContextCompressor:
         ids = [self.tokenize(t) for t in texts]
         reset_peak_memory(self.device)
         start = now(self.device)
-        vectors = self._encode(method, ids)
+        vectors = encode(model, self.target, ids)
         seconds = now(self.device) - start
         memory = peak_memory_bytes(self.device)
         k, L = (model.config.num_digest_tokens, model.config.chunk_size) if model else (None, None)
@@ -184,14 +195,6 @@ class ContextCompressor:
             for i, v in zip(ids, vectors)
         ]
         return results[0] if single else results
-
-    def _encode(self, method: str, ids: list[list[int]]) -> list[torch.Tensor]:
-        embeds = [self.target.embed(torch.tensor(i, device=self.device)) for i in ids]
-        if method == "icformer":
-            return self.icformer.compress(embeds)
-        if method == "icae":
-            return self.icae.compress(ids)
-        return embeds  # "full": the context itself, as the LLM would read it
 
     # ----------------------------------------------------------------------- decode
 

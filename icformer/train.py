@@ -1,0 +1,368 @@
+"""`python -m icformer train`: pre-train or fine-tune IC-Former / ICAE on `accelerate`.
+
+Runs on CPU, one GPU, or many (`accelerate launch`, configs in configs/accelerate/). The
+target LLM stays frozen. Every random choice of a sample is a pure function of
+(seed, sample index), so `--resume` continues bit-exactly from the last checkpoint:
+weights (safetensors), optimizer, scheduler and RNG state, and the step counter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .objectives import (
+    CompressionObjective,
+    Example,
+    autoencoding_example,
+    language_modelling_example,
+    question_example,
+)
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs" / "train"
+STATE_NAME = "trainer_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    method: str = "icformer"  # icformer | icae
+    stage: str = "pretrain"  # pretrain (autoencoding [+ LM for ICAE]) | finetune (QA)
+    llm: str | None = None  # None: the embedded default
+    data_dir: str = "data"
+    out_dir: str = "runs/icformer-pretrain"
+    init_from: str | None = None  # checkpoint to start from (fine-tuning starts from pre-training)
+    num_digest_tokens: int = 32
+    chunk_size: int = 128
+    context_tokens: int | None = None  # tokens per pre-training window (default: chunk_size)
+    lm_ratio: float = 0.4  # ICAE pre-training: share of language-modelling samples
+    kl_weight: float = 0.0  # fine-tuning: KL to the full-context teacher
+    max_answer_tokens: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine (after warm-up)
+    batch_size: int = 1
+    grad_accum: int = 16
+    clip: float = 2.0
+    max_steps: int = 9300
+    eval_every: int = 100
+    eval_samples: int = 16
+    save_every: int = 100
+    seed: int = 0
+    mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    output_norm_init: float = 1.0  # named deviation from the paper (MEASUREMENTS.md); 1.0 = paper
+    digest_init_std: float = 0.0
+    lora_r: int = 128
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_sources(cls, preset: str | None = None, config_file: str | None = None, **overrides: Any):
+        """Preset YAML, then a user YAML, then flags: later wins."""
+        values: dict[str, Any] = {}
+        for path in filter(None, [PRESETS_DIR / f"{preset}.yaml" if preset else None, config_file]):
+            path = Path(path)
+            if not path.is_file():
+                known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+                raise FileNotFoundError(f"no training config {path} (presets: {known})")
+            values.update(yaml.safe_load(path.read_text()) or {})
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown training options {sorted(unknown)}")
+        config = cls(**values)
+        if config.method not in ("icformer", "icae") or config.stage not in ("pretrain", "finetune"):
+            raise ValueError(f"method must be icformer|icae and stage pretrain|finetune, got {config.method}/{config.stage}")
+        return config
+
+
+# --------------------------------------------------------------------------- data
+
+
+class SampleStream:
+    """Deterministic examples: sample i is drawn from (seed, i) alone, on every process."""
+
+    def __init__(self, rows: list[dict], tokenizer, config: TrainConfig) -> None:
+        if not rows:
+            raise ValueError("no training rows")
+        self.rows, self.tokenizer, self.config = rows, tokenizer, config
+        self._ids: dict[int, list[int]] = {}
+
+    def _tokens(self, index: int, text: str) -> list[int]:
+        if index not in self._ids:
+            self._ids[index] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._ids[index]
+
+    def example(self, i: int) -> Example:
+        cfg = self.config
+        rng = random.Random(cfg.seed * 1_000_003 + i)
+        epoch, offset = divmod(i, len(self.rows))
+        order = list(range(len(self.rows)))
+        random.Random(cfg.seed + epoch).shuffle(order)
+        index = order[offset]
+        row = self.rows[index]
+        if cfg.stage == "finetune":
+            context = self._tokens(index, row["input"])
+            context = context[: cfg.chunk_size * 8]  # keep the compressed prompt bounded
+            answer = self.tokenizer(row["answer"], add_special_tokens=False)["input_ids"][: cfg.max_answer_tokens]
+            return question_example(self.tokenizer, context, row["prompt"], answer)
+        ids = self._tokens(index, row["text"])
+        window = cfg.context_tokens or cfg.chunk_size
+        use_lm = cfg.method == "icae" and rng.random() < cfg.lm_ratio and len(ids) > window + 1
+        span = window + (window // 2 if use_lm else 0)
+        start = rng.randrange(max(len(ids) - span, 0) + 1)
+        context = ids[start : start + window] or ids[:1]
+        if use_lm:
+            return language_modelling_example(self.tokenizer, context, ids[start + window : start + span])
+        return autoencoding_example(self.tokenizer, context)
+
+    def batch(self, first: int, size: int) -> list[Example]:
+        return [self.example(first + j) for j in range(size)]
+
+
+def load_rows(config: TrainConfig, split: str) -> list[dict]:
+    from .data import read_jsonl
+
+    name = {"pretrain": "pretrain_{}.jsonl", "finetune": "instruct_{}.jsonl"}[config.stage]
+    split_name = {"pretrain": {"train": "train", "valid": "valid"}, "finetune": {"train": "train", "valid": "test"}}
+    path = Path(config.data_dir) / name.format(split_name[config.stage][split])
+    if not path.is_file():
+        raise FileNotFoundError(f"no training data at {path}: run `python -m icformer prepare-data --out {config.data_dir}`")
+    return read_jsonl(path)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_compressor(config: TrainConfig, target):
+    """A fresh compressor sized for the LLM, or one loaded from `init_from`."""
+    from .modeling_icformer import ICFormerConfig, ICFormerModel
+
+    torch.manual_seed(config.seed)
+    if config.method == "icformer":
+        if config.init_from:
+            return ICFormerModel.from_pretrained(config.init_from)
+        return ICFormerModel(ICFormerConfig.for_llm(
+            target.model.config, num_digest_tokens=config.num_digest_tokens, chunk_size=config.chunk_size,
+            output_norm_init=config.output_norm_init, digest_init_std=config.digest_init_std,
+        ))
+    from .icae import ICAEConfig, ICAEModel
+
+    if config.init_from:
+        return ICAEModel.from_pretrained(config.init_from, target)
+    icae_config = ICAEConfig.for_llm(target.model.config, config.num_digest_tokens, config.chunk_size)
+    icae_config.lora_r = config.lora_r
+    return ICAEModel(icae_config, target)
+
+
+def trainable_parameters(compressor) -> list[torch.nn.Parameter]:
+    own = getattr(compressor, "trainable_parameters", None)
+    params = list(own()) if own else list(compressor.parameters())
+    return [p for p in params if p.requires_grad]
+
+
+def make_scheduler(optimizer, config: TrainConfig):
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.schedule == "cosine":
+            progress = (step - config.warmup_steps) / max(config.max_steps - config.warmup_steps, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def save_checkpoint(out_dir: Path, step: int, compressor, optimizer, scheduler, config: TrainConfig,
+                    record: dict, keep: int = 2) -> Path:
+    """Weights in safetensors; optimizer/scheduler/RNG with torch.save (read back weights_only)."""
+    path = out_dir / f"checkpoint-{step}"
+    tmp = out_dir / f".tmp-checkpoint-{step}"
+    compressor.save_pretrained(tmp / "model", trained=step >= config.max_steps, **record)
+    torch.save(
+        {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+         "torch_rng": torch.get_rng_state(), "config": asdict(config)},
+        tmp / STATE_NAME,
+    )
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+    for old in sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
+        shutil.rmtree(old)
+    return path
+
+
+def load_state(path: Path, compressor, optimizer, scheduler) -> int:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "model" / "model.safetensors"))
+    own = getattr(compressor, "load_trainable_state", None)
+    (own or (lambda sd: compressor.load_state_dict(sd)))(weights)
+    state = torch.load(path / STATE_NAME, weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
+
+
+# --------------------------------------------------------------------------- loop
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM finish the current step, write a checkpoint, then stop."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._old = {s: signal.signal(s, self._set) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _set(self, *_: Any) -> None:
+        self.raised = True
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None = None, target=None) -> dict:
+    """Run (or continue) a training job; returns the last metrics row.
+
+    `stop_after` ends the run early at that step with a checkpoint, as an interruption would.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from .llm import load_llm
+
+    precision = config.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "no"
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = target or load_llm(config.llm, device=str(accelerator.device), dtype=torch.float32)
+    compressor = build_compressor(config, target).to(accelerator.device)
+    compressor.train()
+    objective = CompressionObjective(compressor, target, kl_weight=config.kl_weight)
+    optimizer = torch.optim.AdamW(trainable_parameters(compressor), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = make_scheduler(optimizer, config)
+
+    step = 0
+    checkpoint = latest_checkpoint(out_dir) if resume else None
+    if checkpoint is not None:
+        step = load_state(checkpoint, compressor, optimizer, scheduler)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+
+    train_stream = SampleStream(load_rows(config, "train"), target.tokenizer, config)
+    valid_rows = load_rows(config, "valid")[: config.eval_samples]
+    valid_stream = SampleStream(valid_rows, target.tokenizer, config) if valid_rows else None
+    log_path = out_dir / "metrics.jsonl"
+    _truncate_log(log_path, step)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_step = config.batch_size * config.grad_accum * world
+    stop, row, started = _StopFlag(), {}, time.perf_counter()
+    bar = tqdm(total=config.max_steps, initial=step, disable=not accelerator.is_main_process, desc="train")
+    try:
+        while step < config.max_steps and not stop.raised:
+            tick, tokens, losses = time.perf_counter(), 0, []
+            for micro in range(config.grad_accum):
+                first = step * per_step + (micro * world + rank) * config.batch_size
+                examples = train_stream.batch(first, config.batch_size)
+                sync = micro == config.grad_accum - 1
+                with (accelerator.no_sync(objective) if not sync and world > 1 else nullcontext()):
+                    loss, count = objective(examples)
+                    accelerator.backward(loss / config.grad_accum)
+                losses.append(loss.item())
+                tokens += sum(len(e.context_ids) + len(e.target_ids) for e in examples)
+            grad_norm = accelerator.clip_grad_norm_(trainable_parameters(compressor), config.clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seconds = time.perf_counter() - tick
+            row = {"step": step, "loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
+                   "grad_norm": float(grad_norm), "samples_seen": step * per_step,
+                   "tokens_per_s": tokens * world / seconds, "step_s": seconds,
+                   "elapsed_s": time.perf_counter() - started}
+            if valid_stream is not None and (step % config.eval_every == 0 or step == config.max_steps):
+                row["valid_loss"] = evaluate_loss(objective, valid_stream, len(valid_rows))
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            if accelerator.is_main_process:
+                with log_path.open("a") as log:
+                    log.write(json.dumps(row) + "\n")
+            done = step == config.max_steps or stop.raised or step == stop_after
+            if accelerator.is_main_process and (step % config.save_every == 0 or done):
+                save_checkpoint(out_dir, step, compressor, optimizer, scheduler, config, _record(row, config))
+            if step == stop_after:
+                break
+        accelerator.wait_for_everyone()
+    finally:
+        stop.restore()
+        bar.close()
+    return row
+
+
+def evaluate_loss(objective, stream: SampleStream, n: int) -> float:
+    """Mean validation loss on a fixed set of samples (same samples every time)."""
+    objective.eval()
+    with torch.no_grad():
+        losses = [objective([stream.example(i)])[0].item() for i in range(n)]
+    objective.train()
+    return sum(losses) / len(losses)
+
+
+def _record(row: dict, config: TrainConfig) -> dict:
+    return {"stage": config.stage, "steps": row.get("step"), "samples_seen": row.get("samples_seen"),
+            "loss": row.get("loss"), "elapsed_s": row.get("elapsed_s")}
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """On resume, drop log rows written after the checkpoint we continue from."""
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument("--preset", default=None, help=f"named settings in {PRESETS_DIR}: paper-*, cpu-*")
+    parser.add_argument("--config", default=None, help="a YAML file of TrainConfig fields")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    for f in fields(TrainConfig):
+        if f.name == "extra":
+            continue
+        flag = "--out" if f.name == "out_dir" else "--" + f.name.replace("_", "-")
+        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        parser.add_argument(flag, dest=f.name, type=kind, default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "extra"}
+    config = TrainConfig.from_sources(args.preset, args.config, **overrides)
+    row = train(config, resume=args.resume)
+    print(json.dumps(row))
+    return 0
