@@ -33,6 +33,7 @@ from .objectives import (
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs" / "train"
 STATE_NAME = "trainer_state.pt"
+STAGE_TASKS = {"pretrain": {"AE", "LM"}, "finetune": {"FT"}}
 
 
 @dataclass
@@ -248,7 +249,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
 
     `stop_after` ends the run early at that step with a checkpoint, as an interruption would.
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from tqdm.auto import tqdm
 
     from .llm import load_llm
@@ -256,12 +257,16 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     precision = config.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "no"
-    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    # ICAE mixes AE and LM samples, so a micro-batch may leave the [LM] vector unused.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=config.method == "icae")
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = target or load_llm(config.llm, device=str(accelerator.device), dtype=torch.float32)
     compressor = build_compressor(config, target).to(accelerator.device)
     compressor.train()
+    for name, vector in compressor.task_embeddings.items():  # the paper freezes [AE] when fine-tuning
+        vector.requires_grad_(name in STAGE_TASKS[config.stage])
     objective = CompressionObjective(compressor, target, kl_weight=config.kl_weight)
     optimizer = torch.optim.AdamW(trainable_parameters(compressor), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config)
@@ -293,7 +298,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
                 with (accelerator.no_sync(objective) if not sync and world > 1 else nullcontext()):
                     loss, count = objective(examples)
                     accelerator.backward(loss / config.grad_accum)
-                losses.append(loss.item())
+                losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
                 tokens += sum(len(e.context_ids) + len(e.target_ids) for e in examples)
             grad_norm = accelerator.clip_grad_norm_(trainable_parameters(compressor), config.clip)
             optimizer.step()

@@ -103,3 +103,28 @@ def test_config_sources_and_errors(tmp_path):
 def test_missing_data_names_the_fix(tmp_path, tiny_target):
     with pytest.raises(FileNotFoundError, match="prepare-data"):
         train(config(tmp_path, tmp_path / "nowhere"), target=tiny_target)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_agrees_with_one_process(tmp_path, data_dir, tiny_llm_dir):
+    """torchrun + accelerate (gloo on CPU): 2 ranks x batch 1 == 1 rank x batch 2."""
+    import os
+    import subprocess
+    import sys
+
+    common = ["-m", "icformer", "train", "--llm", str(tiny_llm_dir), "--data-dir", str(data_dir),
+              "--num-digest-tokens", "4", "--chunk-size", "16", "--max-steps", "2", "--grad-accum", "2",
+              "--eval-every", "100", "--save-every", "100", "--eval-samples", "1", "--digest-init-std", "0.02"]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    subprocess.run(torchrun + common + ["--out", str(tmp_path / "ddp"), "--batch-size", "1"], env=env, check=True)
+    subprocess.run([sys.executable] + common + ["--out", str(tmp_path / "one"), "--batch-size", "2"], env=env, check=True)
+    ddp, one = weights(tmp_path / "ddp", 2), weights(tmp_path / "one", 2)
+    from icformer.train import TrainConfig, build_compressor
+    from icformer.llm import load_llm
+
+    init = build_compressor(TrainConfig(num_digest_tokens=4, chunk_size=16, digest_init_std=0.02),
+                            load_llm(str(tiny_llm_dir))).state_dict()
+    moved = max((one[k] - init[k]).abs().max().item() for k in one)
+    apart = max((one[k] - ddp[k]).abs().max().item() for k in one)
+    assert moved > 0 and apart < 0.1 * moved
