@@ -12,7 +12,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "compress": ("icformer.cli", "compress a text file into a .safetensors compressed context"),
     "answer": ("icformer.cli", "answer a question from a compressed context (or a text file)"),
     "reconstruct": ("icformer.cli", "decode a compressed context back into text"),
+    "prepare-data": ("icformer.data", "build the training/evaluation data from registry packages"),
     "train": ("icformer.train", "pre-train or fine-tune IC-Former / ICAE (accelerate)"),
+    "bench": ("icformer.bench", "time IC-Former vs ICAE compression against a full-context prefill"),
 }
 
 

@@ -70,8 +70,8 @@ class ContextCompressor:
         for model in filter(None, (icformer, icae)):
             if not model.trained:
                 warnings.warn(
-                    f"The {model.method} compressor is randomly initialised (no trained checkpoint): "
-                    "its outputs are noise. Results carry trained=False.",
+                    f"The {model.method} compressor is not trained (random weights, or a training run "
+                    "that has not finished its schedule): its outputs are noise. Results carry trained=False.",
                     UntrainedWarning,
                     stacklevel=3,
                 )
@@ -83,7 +83,7 @@ class ContextCompressor:
         cls,
         llm: str | None = None,
         icformer: str | Path | None = None,
-        icae: str | Path | None = None,
+        icae: str | Path | bool | None = None,
         *,
         gguf_file: str | None = None,
         device: str | None = None,
@@ -93,7 +93,8 @@ class ContextCompressor:
     ) -> "ContextCompressor":
         """Load an LLM (HF id, local dir, GGUF, or None for the embedded default) and compressors.
 
-        Without an IC-Former checkpoint a seeded random one sized for the LLM is built.
+        Without an IC-Former checkpoint a seeded random one sized for the LLM is built;
+        `icae` is an ICAE checkpoint, True for a seeded random ICAE, or None/False for none.
         """
         target = load_llm(llm, gguf_file=gguf_file, device=device, dtype=dtype)
         if icformer is not None:
@@ -102,7 +103,12 @@ class ContextCompressor:
             torch.manual_seed(seed)
             model = ICFormerModel(ICFormerConfig.for_llm(target.model.config, **EMBEDDED_COMPRESSOR))
         icae_model = None
-        if icae is not None:
+        if icae is True:
+            from .icae import ICAEConfig, ICAEModel
+
+            torch.manual_seed(seed)
+            icae_model = ICAEModel(ICAEConfig.for_llm(target.model.config, **EMBEDDED_COMPRESSOR), target)
+        elif icae:
             from .icae import ICAEModel
 
             icae_model = ICAEModel.from_pretrained(icae, target)
@@ -110,10 +116,14 @@ class ContextCompressor:
 
     @classmethod
     def from_default(cls, *, device: str | None = None, assets_dir: str | Path | None = None, **kwargs: Any):
-        """The embedded default: SmolLM2-135M-Instruct plus the checkpoints under assets/."""
+        """The embedded default: SmolLM2-135M-Instruct plus the checkpoints under assets/.
+
+        A missing checkpoint is replaced by a seeded random model (marked trained=False), so
+        IC-Former and ICAE can be compared out of the box.
+        """
         checkpoints = Path(assets_dir or ASSETS_DIR) / "checkpoints"
         found = lambda name: checkpoints / name if (checkpoints / name / "config.json").is_file() else None  # noqa: E731
-        return cls.from_pretrained(None, found("icformer"), found("icae"), device=device, **kwargs)
+        return cls.from_pretrained(None, found("icformer"), found("icae") or True, device=device, **kwargs)
 
     # ----------------------------------------------------------------------- properties
 

@@ -42,7 +42,7 @@ class CompressedContext:
 
     @property
     def trained(self) -> bool:
-        """False when the vectors come from a randomly initialised compressor."""
+        """False when the compressor is random or its training run has not finished."""
         return bool(self.metadata.get("trained", False))
 
     @property

@@ -34,6 +34,7 @@ of every output file together with its row count.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import random
@@ -44,9 +45,9 @@ import sys
 import tarfile
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,7 @@ def _sha256_bytes(data: bytes) -> str:
 
 def _download(spec: SourceSpec, dest_dir: Path) -> Path:
     """Fetch ``spec`` with the registry's own client into ``dest_dir``; return the file."""
+    dest_dir = Path(dest_dir).resolve()
     if spec.registry == "npm":
         npm = shutil.which("npm")
         if npm is None:
@@ -241,12 +243,14 @@ def _download(spec: SourceSpec, dest_dir: Path) -> Path:
     else:  # pragma: no cover - specs are static
         raise ValueError(f"unknown registry {spec.registry!r}")
     log.info("fetching %s %s@%s ...", spec.registry, spec.name, spec.version)
-    proc = subprocess.run(cmd, cwd=dest_dir, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=dest_dir, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:3])} failed for {spec.name}@{spec.version}:\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed for {spec.name}@{spec.version} (exit {proc.returncode}):\n"
+                           f"{(proc.stderr or proc.stdout)[-2000:]}")
     out = dest_dir / spec.filename
     if not out.exists():
-        raise RuntimeError(f"expected {spec.filename} after fetching, found {sorted(p.name for p in dest_dir.iterdir())}")
+        found = sorted(p.name for p in dest_dir.iterdir())
+        raise RuntimeError(f"expected {spec.filename} after fetching, found {found}")
     return out
 
 
@@ -256,7 +260,7 @@ def ensure_source(spec: SourceSpec, sources_dir: str | Path) -> Path:
     A cached file is reused only when its sha256 equals the pinned one; a fresh
     download whose sha256 differs is refused (the output would not be reproducible).
     """
-    sources_dir = Path(sources_dir)
+    sources_dir = Path(sources_dir).resolve()
     sources_dir.mkdir(parents=True, exist_ok=True)
     target = sources_dir / spec.filename
     if target.exists():
@@ -455,14 +459,27 @@ def split_sentences(text: str) -> list[str]:
 def text_blocks(text: str) -> list[str]:
     """Paragraphs of a text: blank-line separated blocks, whitespace-normalised.
 
-    Hard-wrapped prose (long lines) is re-flowed into one line; verse and other short-line
-    blocks keep their line breaks.
+    Hard-wrapped prose is re-flowed: in a prose text (most lines that continue a paragraph
+    start in lower case) a block whose lines average 55+ characters becomes one line, other
+    blocks (headings, lists, short lines) keep their breaks.  In verse (most continuation
+    lines start with a capital) line breaks are kept, except that a lower-case line after a
+    long one is taken as the wrapped tail of a long verse line and joined back.
     """
-    blocks = []
+    raw_blocks = []
     for raw in re.split(r"\n\s*\n", text):
         lines = [re.sub(r" {2,}", " ", ln.strip()) for ln in raw.split("\n")]
         lines = [ln for ln in lines if ln]
-        if not lines:
+        if lines:
+            raw_blocks.append(lines)
+    continuation = [ln for lines in raw_blocks for ln in lines[1:]]
+    verse = bool(continuation) and sum(ln[:1].isupper() for ln in continuation) > 0.5 * len(continuation)
+    blocks = []
+    for lines in raw_blocks:
+        if verse:
+            out = lines[0]
+            for prev, ln in itertools.pairwise(lines):
+                out += " " + ln if (ln[:1].islower() and len(prev) >= 55) else "\n" + ln
+            blocks.append(out)
             continue
         body = lines[:-1] if len(lines) > 1 else lines
         wrapped = len(lines) > 1 and sum(map(len, body)) / len(body) >= 55
@@ -598,7 +615,7 @@ def _ws(s: str) -> str:
 
 def _parse_passage_question(text: str) -> tuple[str, str]:
     # Quoref: "Passage: <context> \nQuestion: <question>"
-    m = re.fullmatch(r"Passage:\s*(.+?)\s*\nQuestion:\s*(.+?)\s*", text, re.S)
+    m = re.fullmatch(r"Passage:\s*(.+?)\s*\nQuestion:\s*(.+?)\s*", text, re.DOTALL)
     if not m:
         raise ValueError("no 'Passage: ... \\nQuestion: ...' layout")
     return m.group(1), m.group(2)
@@ -606,7 +623,7 @@ def _parse_passage_question(text: str) -> tuple[str, str]:
 
 def _parse_passage_question_type(text: str) -> tuple[str, str]:
     # DROP: "Passage: <context> \nQuestion: <question> \nAnswer type: <Number|Span|Date>"
-    m = re.fullmatch(r"Passage:\s*(.+?)\s*\nQuestion:\s*(.+?)\s*\nAnswer type:\s*\w+\s*", text, re.S)
+    m = re.fullmatch(r"Passage:\s*(.+?)\s*\nQuestion:\s*(.+?)\s*\nAnswer type:\s*\w+\s*", text, re.DOTALL)
     if not m:
         raise ValueError("no 'Passage/Question/Answer type' layout")
     return m.group(1), m.group(2)
@@ -614,7 +631,7 @@ def _parse_passage_question_type(text: str) -> tuple[str, str]:
 
 def _parse_background_story_question(text: str) -> tuple[str, str]:
     # ROPES: "Background Paragraph: <bg> \nStory: <story> \nQuestion: <question>"
-    m = re.fullmatch(r"Background Paragraph:\s*(.+?)\s*\nStory:\s*(.+?)\s*\nQuestion:\s*(.+?)\s*", text, re.S)
+    m = re.fullmatch(r"Background Paragraph:\s*(.+?)\s*\nStory:\s*(.+?)\s*\nQuestion:\s*(.+?)\s*", text, re.DOTALL)
     if not m:
         raise ValueError("no 'Background Paragraph/Story/Question' layout")
     return f"{m.group(1)}\n\n{m.group(2)}", m.group(3)
@@ -622,7 +639,7 @@ def _parse_background_story_question(text: str) -> tuple[str, str]:
 
 def _parse_context_question(text: str) -> tuple[str, str]:
     # CosmosQA: "Context: <context> \nQuestion: <question>"
-    m = re.fullmatch(r"Context:\s*(.+?)\s*\nQuestion:\s*(.+?)\s*", text, re.S)
+    m = re.fullmatch(r"Context:\s*(.+?)\s*\nQuestion:\s*(.+?)\s*", text, re.DOTALL)
     if not m:
         raise ValueError("no 'Context: ... \\nQuestion: ...' layout")
     return m.group(1), m.group(2)
@@ -630,7 +647,7 @@ def _parse_context_question(text: str) -> tuple[str, str]:
 
 def _parse_multirc(text: str) -> tuple[str, str]:
     # MultiRC: "Paragraph- Sent 1: <s1>Sent 2: <s2>... \nQuestion: <question>."
-    m = re.fullmatch(r"Paragraph-\s*(Sent 1:.+?)\s*\nQuestion:\s*(.+?)\s*", text, re.S)
+    m = re.fullmatch(r"Paragraph-\s*(Sent 1:.+?)\s*\nQuestion:\s*(.+?)\s*", text, re.DOTALL)
     if not m:
         raise ValueError("no 'Paragraph- Sent 1: ... \\nQuestion: ...' layout")
     sentences = [s.strip() for s in re.split(r"Sent \d+:\s*", m.group(1)) if s.strip()]
@@ -642,7 +659,7 @@ def _parse_multirc(text: str) -> tuple[str, str]:
 
 def _parse_disfl_qa(text: str) -> tuple[str, str]:
     # disfl_qa: "<disfluent question>  \ncontext: <context>"
-    m = re.fullmatch(r"\s*(.+?)\s*\ncontext:\s*(.+?)\s*", text, re.S)
+    m = re.fullmatch(r"\s*(.+?)\s*\ncontext:\s*(.+?)\s*", text, re.DOTALL)
     if not m:
         raise ValueError("no '<question> \\ncontext: ...' layout")
     return m.group(2), m.group(1)
@@ -778,7 +795,7 @@ def split_by_context(rows: list[dict], *, seed: int = 0,
     """Seeded train/test split by hashed normalised context: all rows of a context go to one side."""
     train, test = [], []
     for row in rows:
-        h = hashlib.sha256(f"{seed}\x1f{normalise_context(row['input'])}".encode("utf-8")).digest()
+        h = hashlib.sha256(f"{seed}\x1f{normalise_context(row['input'])}".encode()).digest()
         (test if int.from_bytes(h[:8], "big") / 2**64 < test_fraction else train).append(row)
     return train, test
 
@@ -821,9 +838,14 @@ def _counts(rows: list[dict], key: str) -> dict[str, int]:
 
 def prepare_from_archives(out_dir: str | Path, *, gutenberg_tgz: str | Path, stdlib_tgz: str | Path,
                           bigbench_sdist: str | Path, seed: int = 0, max_rows: int | None = None,
-                          tasks: tuple[TaskSpec, ...] = TASKS,
-                          continuation_rows: int = CONTINUATION_ROWS) -> dict:
-    """Build every output file from local archives (no network); write and return the manifest."""
+                          tasks: tuple[TaskSpec, ...] = TASKS, continuation_rows: int = CONTINUATION_ROWS,
+                          valid_fraction: float = PRETRAIN_VALID_FRACTION,
+                          test_fraction: float = INSTRUCT_TEST_FRACTION) -> dict:
+    """Build every output file from local archives (no network); write and return the manifest.
+
+    ``prepare_data`` calls this with the downloaded archives; tests call it with small
+    archives of the same layout.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     archives = {"gutenberg": Path(gutenberg_tgz), "stdlib": Path(stdlib_tgz), "bigbench": Path(bigbench_sdist)}
@@ -835,7 +857,7 @@ def prepare_from_archives(out_dir: str | Path, *, gutenberg_tgz: str | Path, std
     docs = g_docs + s_docs
     if len({d.document for d in docs}) != len(docs):  # pragma: no cover - ids are path-derived
         raise RuntimeError("duplicate document ids")
-    train_ids, valid_ids = split_documents(docs, seed=seed)
+    _, valid_ids = split_documents(docs, seed=seed, valid_fraction=valid_fraction)
     valid_set = set(valid_ids)
     passages = document_passages(docs, seed=seed)
     pre_rows = build_pretrain_rows(docs, passages)
@@ -857,7 +879,7 @@ def prepare_from_archives(out_dir: str | Path, *, gutenberg_tgz: str | Path, std
     instruct_rows = [r for r in instruct_rows if context_key(r["input"]) not in eval_keys]
     dropped_eval_overlap = n_before - len(instruct_rows)
 
-    qa_train, qa_test = split_by_context(instruct_rows, seed=seed)
+    qa_train, qa_test = split_by_context(instruct_rows, seed=seed, test_fraction=test_fraction)
 
     # Continuation rows: from validation documents -> test, from training documents -> train.
     cont_rows, cont_stats = build_continuation_rows(docs, passages, seed=seed, max_rows=continuation_rows)
@@ -900,8 +922,8 @@ def prepare_from_archives(out_dir: str | Path, *, gutenberg_tgz: str | Path, std
         "params": {
             "passage_chars": [MIN_PASSAGE_CHARS, MAX_PASSAGE_CHARS],
             "passage_min_target_chars": MIN_TARGET_CHARS,
-            "pretrain_valid_fraction": PRETRAIN_VALID_FRACTION,
-            "instruct_test_fraction": INSTRUCT_TEST_FRACTION,
+            "pretrain_valid_fraction": valid_fraction,
+            "instruct_test_fraction": test_fraction,
             "continuation_rows": continuation_rows,
             "continuation_prompts": list(CONTINUATION_PROMPTS),
         },
@@ -975,3 +997,18 @@ __all__ = [
     "text_blocks",
     "write_jsonl",
 ]
+
+
+def add_arguments(parser, verb: str) -> None:
+    """`python -m icformer prepare-data`: flags for :func:`prepare_data`."""
+    parser.add_argument("--out", type=Path, default=Path("data"), help="output dir (not committed)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sources-dir", type=Path, default=None, help="download cache (default: OUT/sources)")
+    parser.add_argument("--max-rows", type=int, default=None, help="cap rows per output file (quick runs)")
+
+
+def run(args) -> int:
+    manifest = prepare_data(args.out, seed=args.seed, sources_dir=args.sources_dir, max_rows=args.max_rows)
+    for name, info in manifest["outputs"].items():
+        print(f"{name}: {info['rows']} rows, sha256 {info['sha256'][:12]}")
+    return 0

