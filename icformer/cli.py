@@ -15,6 +15,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "prepare-data": ("icformer.data", "build the training/evaluation data from registry packages"),
     "train": ("icformer.train", "pre-train or fine-tune IC-Former / ICAE (accelerate)"),
     "bench": ("icformer.bench", "time IC-Former vs ICAE compression against a full-context prefill"),
+    "evaluate": ("icformer.evaluate", "paper-style evaluation (QA, reconstruction, speed) into assets/results/"),
+    "profiles": ("icformer.profiles", "list the model profiles (embedded, paper) and what each is missing"),
+    "import-checkpoint": ("icformer.convert", "convert a reference IC-Former or ICAE v2 release into this format"),
 }
 
 
@@ -23,6 +26,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--icformer", default=None, help="IC-Former checkpoint dir (default: assets/)")
     parser.add_argument("--icae", default=None, help="ICAE checkpoint dir (default: assets/)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--profile", default=None, help="embedded (default) or paper; env ICFORMER_PROFILE")
 
 
 def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
@@ -43,7 +47,9 @@ def _compressor(args):
     from .compressor import ContextCompressor
 
     if args.llm is None and args.icformer is None and args.icae is None:
-        return ContextCompressor.from_default(device=args.device)
+        return ContextCompressor.from_profile(getattr(args, "profile", None), device=args.device)  # None: env
+    if getattr(args, "profile", None) is not None:
+        raise ValueError("pass either --profile or --llm/--icformer/--icae, not both")
     return ContextCompressor.from_pretrained(args.llm, args.icformer, args.icae, device=args.device)
 
 

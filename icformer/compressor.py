@@ -125,6 +125,13 @@ class ContextCompressor:
         found = lambda name: checkpoints / name if (checkpoints / name / "config.json").is_file() else None  # noqa: E731
         return cls.from_pretrained(None, found("icformer"), found("icae") or True, device=device, **kwargs)
 
+    @classmethod
+    def from_profile(cls, name: str | None = None, **kwargs: Any) -> "ContextCompressor":
+        """A named setting from profiles.py: "embedded" (default), "paper"; None reads $ICFORMER_PROFILE."""
+        from .profiles import load_profile
+
+        return load_profile(name, **kwargs)
+
     # ----------------------------------------------------------------------- properties
 
     @property

@@ -66,6 +66,7 @@ class TrainConfig:
     output_norm_init: float = 1.0  # named deviation from the paper (MEASUREMENTS.md); 1.0 = paper
     digest_init_std: float = 0.0
     lora_r: int = 128
+    gradient_checkpointing: bool = False  # recompute the frozen LLM's activations in backward (IC-Former only)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -262,6 +263,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if config.gradient_checkpointing and config.method != "icformer":
+        raise ValueError("gradient_checkpointing is for IC-Former: ICAE's adapter is off when backward recomputes")
     target = target or load_llm(config.llm, device=str(accelerator.device), dtype=torch.float32)
     compressor = build_compressor(config, target).to(accelerator.device)
     compressor.train()
@@ -288,6 +291,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     per_step = config.batch_size * config.grad_accum * world
     stop, row, started = _StopFlag(), {}, time.perf_counter()
     bar = tqdm(total=config.max_steps, initial=step, disable=not accelerator.is_main_process, desc="train")
+    undo_checkpointing = checkpoint_llm(target.model) if config.gradient_checkpointing else (lambda: None)
     try:
         while step < config.max_steps and not stop.raised:
             tick, tokens, losses = time.perf_counter(), 0, []
@@ -326,7 +330,30 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     finally:
         stop.restore()
         bar.close()
+        undo_checkpointing()
     return row
+
+
+def checkpoint_llm(model):
+    """Keep only the frozen LLM's layer inputs and recompute the rest during backward.
+
+    transformers checkpoints a layer only in train mode, so the LLM is put in train() (Llama and
+    Mistral have no dropout). Non-reentrant checkpointing carries gradients through the frozen
+    layers to the compressor even where inputs_embeds needs no grad itself. Returns the undo.
+    """
+    was_training = model.training
+    enable = getattr(model, "activation_checkpointing_enable", None)  # gradient_checkpointing_enable, renamed
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+
+    def undo() -> None:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+        model.train(was_training)
+
+    return undo
 
 
 def evaluate_loss(objective, stream: SampleStream, n: int) -> float:
@@ -361,6 +388,9 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
         if f.name == "extra":
             continue
         flag = "--out" if f.name == "out_dir" else "--" + f.name.replace("_", "-")
+        if str(f.type) == "bool":  # --gradient-checkpointing / --no-gradient-checkpointing
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            continue
         kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
         parser.add_argument(flag, dest=f.name, type=kind, default=None)
 

@@ -1,0 +1,183 @@
+"""Pure presentation helpers: number formatting, HTML snippets, and the word-level diff.
+
+Nothing here touches a model; every function takes plain values and returns strings or lists,
+so each is easy to test on its own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import math
+import re
+from typing import Iterable
+
+METHOD_LABELS = {"icformer": "IC-Former", "icae": "ICAE", "full": "Full context",
+                 "icformer-no-pretrain": "IC-Former (no pre-training)"}
+METHOD_COLORS = {"icformer": "#4f46e5", "icae": "#f59e0b", "full": "#10b981", "icformer-no-pretrain": "#a5b4fc"}
+DIFF_COLORS = {"missing": "#fca5a5", "added": "#86efac"}
+
+
+def label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def esc(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+# ---------------------------------------------------------------------- numbers
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return "–"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def fmt_bytes(num: float | None) -> str:
+    if num is None:
+        return "–"
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if abs(num) >= size:
+            return f"{num / size:.2f} {unit}"
+    return f"{num:.0f} B"
+
+
+def fmt_flops(flops: float | None) -> str:
+    if flops is None or flops <= 0:
+        return "–"
+    for unit, size in (("PFLOPs", 1e15), ("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6), ("kFLOPs", 1e3)):
+        if flops >= size:
+            return f"{flops / size:.3g} {unit}"
+    return f"{flops:.0f} FLOPs"
+
+
+def fmt_count(num: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if num >= size:
+            return f"{num / size:.1f}{unit}"
+    return f"{num:.0f}"
+
+
+def fmt_ratio(ratio: float | None) -> str:
+    if ratio is None or not math.isfinite(ratio) or ratio <= 0:
+        return "–"
+    return f"{ratio:.0f}×" if ratio >= 10 else f"{ratio:.1f}×"
+
+
+def device_label(device: str | None) -> str:
+    device = str(device or "?")
+    return "GPU (" + device + ")" if device.startswith("cuda") else device.upper()
+
+
+def memory_label(num_bytes: int | None, kind: str | None) -> str:
+    """CUDA numbers are the peak allocation of the call; CPU numbers are the process RSS."""
+    if num_bytes is None:
+        return "–"
+    what = "peak CUDA" if kind == "cuda_peak" else "process RSS" if kind == "cpu_rss" else (kind or "")
+    return f"{fmt_bytes(num_bytes)} ({what})" if what else fmt_bytes(num_bytes)
+
+
+# ---------------------------------------------------------------------- HTML pieces
+
+
+def banner(kind: str, text: str) -> str:
+    """kind: info | warn | error | ok (CSS classes in ui.CSS)."""
+    return f'<div class="icf-banner icf-{kind}">{text}</div>'
+
+
+def tokens_to_vectors(num_tokens: int, num_vectors: int, method: str) -> str:
+    ratio = num_tokens / num_vectors if num_vectors else 0
+    return (
+        f'<div class="icf-t2v"><span class="icf-big">{num_tokens}</span> tokens '
+        f'<span class="icf-arrow">→</span> <span class="icf-big">{num_vectors}</span> {esc(label(method))} vectors '
+        f'<span class="icf-muted">({ratio:.1f}× fewer positions for the LLM to read)</span></div>'
+    )
+
+
+def speedup_html(icformer_s: float | None, icae_s: float | None, device: str) -> str:
+    """The headline number of the Compress tab."""
+    if icformer_s and icae_s:
+        ratio = icae_s / icformer_s
+        where = f"({fmt_seconds(icformer_s)} vs {fmt_seconds(icae_s)} on {esc(device_label(device))})"
+        if ratio >= 1:
+            text = f"IC-Former compressed this context <b>{fmt_ratio(ratio)} faster</b> than ICAE {where}"
+        else:
+            text = (f"ICAE was faster this time {where}: with a very small LLM or a very short context, "
+                    "fixed overheads dominate. Try a longer context.")
+        return (
+            f'<div class="icf-speedup"><div class="icf-speedup-num">{fmt_ratio(ratio)}</div>'
+            f'<div class="icf-speedup-txt">{text}</div></div>'
+        )
+    if icformer_s:
+        return (
+            f'<div class="icf-speedup"><div class="icf-speedup-num">{fmt_seconds(icformer_s)}</div>'
+            f'<div class="icf-speedup-txt">IC-Former compression time on {esc(device_label(device))}. '
+            "ICAE is not loaded, so there is no speed-up to show yet.</div></div>"
+        )
+    return ""
+
+
+def timing_card(method: str, timings: dict, device: str, extra: str = "") -> str:
+    """Compress / prefill / decode as a stacked bar plus numbers."""
+    parts = [("compress", timings.get("compress_s", 0.0)), ("prefill", timings.get("prefill_s", 0.0)),
+             ("decode", timings.get("decode_s", 0.0))]
+    total = sum(v for _, v in parts) or 1e-12
+    bar = "".join(
+        f'<span class="icf-seg icf-seg-{name}" style="width:{max(100 * v / total, 0.5):.1f}%" '
+        f'title="{name}: {fmt_seconds(v)}"></span>'
+        for name, v in parts
+    )
+    rows = "".join(f"<tr><td>{name}</td><td>{fmt_seconds(v)}</td></tr>" for name, v in parts)
+    tps = timings.get("tokens_per_s") or 0.0
+    new_tokens = int(timings.get("new_tokens", 0) or 0)
+    return (
+        f'<div class="icf-card" style="border-top-color:{METHOD_COLORS.get(method, "#888")}">'
+        f'<div class="icf-bar">{bar}</div>'
+        f'<table class="icf-times">{rows}'
+        f"<tr><td>total</td><td><b>{fmt_seconds(sum(v for _, v in parts))}</b></td></tr>"
+        f"<tr><td>decode speed</td><td>{tps:.1f} tokens/s ({new_tokens} tokens)</td></tr>"
+        f"<tr><td>device</td><td>{esc(device_label(device))}</td></tr></table>{extra}</div>"
+    )
+
+
+def table_html(headers: Iterable[str], rows: Iterable[Iterable[object]]) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="icf-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+# ---------------------------------------------------------------------- diff
+
+_WORD = re.compile(r"\S+")
+
+
+def word_diff(original: str, reconstructed: str) -> tuple[list[tuple[str, str | None]], dict[str, int]]:
+    """Word-level diff for ``gr.HighlightedText``.
+
+    Returns ``[(text, label)]`` where label is None (same in both), "missing" (in the original,
+    not reproduced) or "added" (produced, not in the original), plus counts of words per label.
+    """
+    a, b = _WORD.findall(original), _WORD.findall(reconstructed)
+    spans: list[tuple[str, str | None]] = []
+    counts = {"same": 0, "missing": 0, "added": 0}
+
+    def push(words: list[str], tag: str | None) -> None:
+        if not words:
+            return
+        counts["same" if tag is None else tag] += len(words)
+        spans.append((" ".join(words) + " ", tag))
+
+    matcher = difflib.SequenceMatcher(a=a, b=b, autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal":
+            push(a[i1:i2], None)
+        else:
+            push(a[i1:i2], "missing")
+            push(b[j1:j2], "added")
+    return spans, counts

@@ -1,0 +1,341 @@
+"""Reading committed evaluation results for the Evaluation and Speed tabs.
+
+Where: ``build_demo(results_dir=...)``, else ``$ICFORMER_RESULTS``, else ``assets/results/``.
+Every file is optional; the tab shows what exists and names what it could not read.
+All scores are on a 0-1 scale; times are seconds; memory is bytes.
+
+Schema (what ``python -m icformer evaluate`` and the benchmark should write)
+--------------------------------------------------------------------------
+
+Each table is a CSV with a header row. ``<stem>.json`` holding a list of row objects (or
+``{"rows": [...]}``) is read when ``<stem>.csv`` is absent. Columns not listed are kept and
+shown; listed optional columns may be missing.
+
+``meta.json`` (optional) — one object shown above the tables, e.g.
+    {"llm": "...", "device": "cuda", "trained": true, "date": "2025-01-31", "commit": "abc1234",
+     "notes": "free text"}
+
+``qa_summary.csv`` — question answering, one row per (dataset, method):
+    method        str   required  "icformer" | "icae" | "full" | any label ("icformer-64"...)
+    dataset       str   optional  e.g. "pwc" (default "all")
+    num_vectors   int   optional  vectors per context (k)
+    rouge1_f, rouge2_f, rougeL_f, exact_match, f1   float  at least one of them
+    n             int   required  number of questions averaged
+    trained       bool  optional
+
+``reconstruction_by_length.csv`` — autoencoding quality per context-length bucket:
+    method        str   required
+    length_bucket int   required  upper edge of the bucket in tokens (100, 200, ... 500)
+    bleu          float required  sentence BLEU-4 of reconstruction vs original, averaged
+    ce            float optional  token cross-entropy (nats)
+    n             int   required
+    num_vectors   int   optional
+
+``paper_vs_ours.csv`` — our numbers next to the paper's anchors (PAPER.md §4):
+    table    str   required  which paper table, e.g. "PwC QA", "Reconstruction", "Speed"
+    setting  str   required  e.g. "IC-Former 128 digests", "ICAE 8x512"
+    metric   str   required  e.g. "rougeL_f", "bleu", "compress_s", "speedup"
+    paper    float required
+    ours     float required  (empty when not measured)
+    note     str   optional  e.g. "SmolLM2-135M, k=32, L=128: not the paper's setting"
+    The tab adds a column ours/paper.
+
+``qa_samples.jsonl`` — one JSON object per line, per question:
+    {"id": "pwc-00017-3", "dataset": "pwc", "context": "...", "question": "...",
+     "reference": "...", "num_tokens": 480,
+     "answers": {"icformer": {"text": "...", "rouge1_f": 0.5, "rouge2_f": 0.3, "rougeL_f": 0.45,
+                              "exact_match": 0.0, "f1": 0.52,
+                              "timings": {"compress_s": 0.01, "prefill_s": 0.05, "decode_s": 0.9}},
+                 "icae": {...}, "full": {...}}}
+    Only id, question, reference and answers[method].text are required.
+
+``bench/*.csv`` (Speed tab) — committed full benchmark runs, one row per measurement:
+    method     str    required  "icformer" | "icae" | "full"
+    length     int    required  context tokens (aliases: num_tokens, context_tokens, seq_len)
+    compress_s float  required  seconds to compress the batch (alias: seconds, time_s)
+    batch_size int    optional  (the plot shows the smallest batch size)
+    prefill_s  float  optional  for method "full": the LLM's prefill of the whole context (plotted dotted)
+    flops_exact, speedup_vs_icae, memory_bytes, device ...   optional, shown when present
+    This is exactly what ``icformer.bench.write_results`` writes (bench.csv, plus bench.json as
+    {"meta": {...}, "rows": [...]} whose meta — device_name, dtype, threads, date — is shown).
+
+Any other ``*.csv`` directly in the results directory is shown as an extra table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "results"
+QA_METRICS = ["rouge1_f", "rouge2_f", "rougeL_f", "exact_match", "f1"]
+KNOWN_TABLES = ("qa_summary", "reconstruction_by_length", "paper_vs_ours")
+MAX_SAMPLES = 20_000
+_LENGTH_ALIASES = ("length", "num_tokens", "context_tokens", "seq_len", "context_length")
+_TIME_ALIASES = ("compress_s", "seconds", "time_s", "compress_time_s")
+
+
+def results_dir(explicit: str | Path | None = None) -> Path:
+    if explicit is not None:
+        return Path(explicit)
+    env = os.environ.get("ICFORMER_RESULTS")
+    return Path(env) if env else DEFAULT_RESULTS_DIR
+
+
+@dataclass
+class Results:
+    directory: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+    qa_summary: pd.DataFrame | None = None
+    reconstruction: pd.DataFrame | None = None
+    paper_vs_ours: pd.DataFrame | None = None
+    samples: list[dict] = field(default_factory=list)
+    extra_tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return (
+            self.qa_summary is None and self.reconstruction is None and self.paper_vs_ours is None
+            and not self.samples and not self.extra_tables
+        )
+
+    @property
+    def datasets(self) -> list[str]:
+        return sorted({str(s.get("dataset", "all")) for s in self.samples})
+
+    @property
+    def sample_methods(self) -> list[str]:
+        found: dict[str, None] = {}
+        for s in self.samples:
+            for m in s.get("answers", {}):
+                found.setdefault(m, None)
+        return order_methods(found)
+
+
+def order_methods(methods) -> list[str]:
+    """icformer, icae, full first (the three columns), then anything else alphabetically."""
+    first = [m for m in ("icformer", "icae", "full") if m in methods]
+    return first + sorted(m for m in methods if m not in first)
+
+
+# ---------------------------------------------------------------------- low-level readers
+
+
+def read_table(directory: Path, stem: str, problems: list[str] | None = None) -> pd.DataFrame | None:
+    """``<stem>.csv`` or ``<stem>.json`` in ``directory`` as a DataFrame, or None."""
+    csv_path, json_path = directory / f"{stem}.csv", directory / f"{stem}.json"
+    try:
+        if csv_path.is_file():
+            frame = pd.read_csv(csv_path)
+        elif json_path.is_file():
+            raw = json.loads(json_path.read_text(encoding="utf-8"))
+            rows = raw.get("rows", raw) if isinstance(raw, dict) else raw
+            frame = pd.DataFrame(rows if isinstance(rows, list) else [rows])
+        else:
+            return None
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        if problems is not None:
+            problems.append(f"{stem}: {err}")
+        return None
+    return frame if not frame.empty else None
+
+
+def _require(frame: pd.DataFrame | None, columns: tuple[str, ...], name: str, problems: list[str]):
+    if frame is None:
+        return None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        problems.append(f"{name}: missing columns {missing}")
+        return None
+    return frame
+
+
+_SAMPLES_CACHE: dict[tuple[str, float, int], list[dict]] = {}
+
+
+def read_samples(path: Path, problems: list[str] | None = None) -> list[dict]:
+    """``qa_samples.jsonl`` rows (cached by modification time); bad lines are counted, not fatal."""
+    if not path.is_file():
+        return []
+    stat = path.stat()
+    key = (str(path), stat.st_mtime, stat.st_size)
+    if key in _SAMPLES_CACHE:
+        return _SAMPLES_CACHE[key]
+    rows, bad = [], 0
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if len(rows) >= MAX_SAMPLES:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict) or not isinstance(row.get("answers"), dict):
+                    raise ValueError("not an object with an 'answers' object")
+            except ValueError:
+                bad += 1
+                continue
+            row.setdefault("id", f"sample-{len(rows)}")
+            row.setdefault("dataset", "all")
+            rows.append(row)
+    if bad and problems is not None:
+        problems.append(f"qa_samples.jsonl: skipped {bad} unreadable line(s)")
+    _SAMPLES_CACHE.clear()
+    _SAMPLES_CACHE[key] = rows
+    return rows
+
+
+# ---------------------------------------------------------------------- public API
+
+
+def load_results(directory: str | Path | None = None) -> Results:
+    root = results_dir(directory)
+    res = Results(directory=root)
+    if not root.is_dir():
+        return res
+    problems = res.problems
+    meta_path = root / "meta.json"
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            res.meta = meta if isinstance(meta, dict) else {"meta": meta}
+        except (OSError, ValueError) as err:
+            problems.append(f"meta.json: {err}")
+
+    qa = _require(read_table(root, "qa_summary", problems), ("method",), "qa_summary", problems)
+    if qa is not None:
+        if not any(m in qa.columns for m in QA_METRICS):
+            problems.append(f"qa_summary: none of the metric columns {QA_METRICS}")
+            qa = None
+        else:
+            if "dataset" not in qa.columns:
+                qa.insert(0, "dataset", "all")
+            qa["method"] = qa["method"].astype(str)
+    res.qa_summary = qa
+
+    rec = _require(
+        read_table(root, "reconstruction_by_length", problems), ("method", "length_bucket", "bleu"),
+        "reconstruction_by_length", problems,
+    )
+    if rec is not None:
+        rec = rec.assign(method=rec["method"].astype(str))
+        rank = {m: i for i, m in enumerate(order_methods(set(rec["method"])))}
+        rec = rec.sort_values(["method", "length_bucket"], key=lambda col: col.map(rank) if col.name == "method" else col)
+    res.reconstruction = rec
+
+    pvo = _require(
+        read_table(root, "paper_vs_ours", problems), ("setting", "metric", "paper", "ours"), "paper_vs_ours", problems
+    )
+    if pvo is not None:
+        pvo = pvo.copy()
+        paper = pd.to_numeric(pvo["paper"], errors="coerce")
+        ours = pd.to_numeric(pvo["ours"], errors="coerce")
+        pvo["ours/paper"] = (ours / paper).round(3)
+    res.paper_vs_ours = pvo
+
+    res.samples = read_samples(root / "qa_samples.jsonl", problems)
+
+    for path in sorted(root.glob("*.csv")):
+        if path.stem in KNOWN_TABLES:
+            continue
+        frame = read_table(root, path.stem, problems)
+        if frame is not None:
+            res.extra_tables[path.stem] = frame
+    return res
+
+
+def sample_score(sample: dict, method: str, metric: str) -> float | None:
+    value = sample.get("answers", {}).get(method, {}).get(metric)
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def filter_samples(
+    samples: list[dict],
+    dataset: str | None = None,
+    method: str | None = None,
+    metric: str = "rougeL_f",
+    min_score: float = 0.0,
+    max_score: float = 1.0,
+) -> list[dict]:
+    """Samples of ``dataset`` ("All"/None: any) whose ``method`` ``metric`` lies in [min, max]."""
+    out = []
+    for s in samples:
+        if dataset and dataset != "All" and str(s.get("dataset")) != dataset:
+            continue
+        if method and method != "All":
+            score = sample_score(s, method, metric)
+            if score is None or not (min_score <= score <= max_score):
+                continue
+        out.append(s)
+    return out
+
+
+def load_bench_results(directory: str | Path | None) -> tuple[pd.DataFrame | None, list[str]]:
+    """All committed benchmark tables under ``<results>/bench/`` normalised to method, length, compress_s."""
+    problems: list[str] = []
+    if directory is None:
+        return None, problems
+    root = Path(directory)
+    if not root.is_dir():
+        return None, problems
+    frames = []
+    for path in sorted(list(root.glob("*.csv")) + list(root.glob("*.json"))):
+        if path.suffix == ".json" and path.with_suffix(".csv").exists():
+            continue
+        frame = read_table(root, path.stem, problems)
+        if frame is None:
+            continue
+        frame = normalise_bench(frame)
+        if frame is None:
+            problems.append(f"bench/{path.name}: needs columns method, length and compress_s")
+            continue
+        frames.append(frame.assign(source=path.stem))
+    if not frames:
+        return None, problems
+    return pd.concat(frames, ignore_index=True), problems
+
+
+def load_bench_meta(directory: str | Path | None) -> list[dict]:
+    """The ``meta`` objects of ``bench/*.json`` files written as ``{"meta": {...}, "rows": [...]}``."""
+    metas = []
+    root = Path(directory) if directory is not None else None
+    if root is None or not root.is_dir():
+        return metas
+    for path in sorted(root.glob("*.json")):
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(raw, dict) and isinstance(raw.get("meta"), dict):
+            metas.append(dict(raw["meta"], source=path.stem))
+    return metas
+
+
+def normalise_bench(frame: pd.DataFrame) -> pd.DataFrame | None:
+    """Rename known aliases to ``length`` / ``compress_s``; None if the essentials are missing."""
+    frame = frame.copy()
+    for canonical, aliases in (("length", _LENGTH_ALIASES), ("compress_s", _TIME_ALIASES)):
+        if canonical not in frame.columns:
+            alias = next((a for a in aliases if a in frame.columns), None)
+            if alias is None:
+                return None
+            frame = frame.rename(columns={alias: canonical})
+    if "method" not in frame.columns:
+        return None
+    frame["method"] = frame["method"].astype(str)
+    frame["length"] = pd.to_numeric(frame["length"], errors="coerce")
+    frame["compress_s"] = pd.to_numeric(frame["compress_s"], errors="coerce")
+    return frame.dropna(subset=["length", "compress_s"])

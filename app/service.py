@@ -1,0 +1,187 @@
+"""One shared model for every visitor: loaded once, lazily, and used under a lock.
+
+The Space holds a single :class:`~icformer.ContextCompressor`. Loading it takes seconds
+(tens on a cold cache), so it starts in a background thread when the app starts and every
+handler waits for it (showing progress) instead of loading its own copy. Model calls go
+through :meth:`ModelService.session`, which holds a re-entrant lock: ``generate`` on a
+shared torch module is not safe to run from two threads at once, and the Gradio queue
+(``concurrency_id="model"``) already serialises these events, so the lock only guards
+against callers outside the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+log = logging.getLogger(__name__)
+
+CompressorFactory = Callable[[], "object"]  # returns an icformer.ContextCompressor
+
+
+def default_factory(device: str | None = None) -> CompressorFactory:
+    """The profile named by $ICFORMER_PROFILE (default: the embedded SmolLM2 with assets/
+    checkpoints); a profile whose files are missing falls back to the embedded one."""
+
+    def build():
+        from icformer import UntrainedWarning
+        from icformer.profiles import load_profile_or_fallback
+
+        with warnings.catch_warnings():
+            # The UI shows its own banner for untrained weights.
+            warnings.simplefilter("ignore", UntrainedWarning)
+            compressor, fallback_reason = load_profile_or_fallback(None, device=device)
+        if fallback_reason:
+            log.warning("%s", fallback_reason)
+        return compressor
+
+    return build
+
+
+@dataclass
+class ModelInfo:
+    """What the About tab and the banner say about the loaded model (plain data)."""
+
+    llm: str = ""
+    llm_hash: str = ""
+    hidden_size: int = 0
+    num_layers: int = 0
+    device: str = ""
+    dtype: str = ""
+    methods: list[str] = field(default_factory=list)
+    compressors: dict[str, dict] = field(default_factory=dict)  # method -> {k, L, trained, params}
+    load_seconds: float = 0.0
+
+    @property
+    def untrained(self) -> list[str]:
+        return [m for m, c in self.compressors.items() if not c.get("trained", False)]
+
+
+def describe(cc) -> ModelInfo:
+    """Read what a ContextCompressor carries, for display."""
+    config = cc.llm.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    compressors: dict[str, dict] = {}
+    for method in cc.methods():
+        model = {"icformer": cc.icformer, "icae": getattr(cc, "icae", None)}.get(method)
+        if model is None:
+            continue
+        cfg = getattr(model, "config", None)
+        compressors[method] = dict(
+            trained=bool(getattr(model, "trained", False)),
+            k=getattr(cfg, "num_digest_tokens", None),
+            L=getattr(cfg, "chunk_size", None),
+            params=sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else None,
+        )
+    return ModelInfo(
+        llm=cc.target.name,
+        llm_hash=cc.target.fingerprint,
+        hidden_size=cc.target.hidden_size,
+        num_layers=int(getattr(text_config, "num_hidden_layers", 0) or 0),
+        device=str(cc.device),
+        dtype=str(cc.target.dtype).replace("torch.", ""),
+        methods=list(cc.methods()),
+        compressors=compressors,
+    )
+
+
+class ModelService:
+    """Lazily builds the compressor once (optionally in the background) and lends it out."""
+
+    def __init__(self, factory: CompressorFactory, *, warm_up: bool = True) -> None:
+        self._factory = factory
+        self._warm_up = warm_up
+        self._compressor = None
+        self._info: ModelInfo | None = None
+        self._error: str | None = None
+        self._state = "idle"  # idle -> loading -> ready | error
+        self._load_lock = threading.Lock()
+        self._ready = threading.Event()
+        self._started = 0.0
+        self.lock = threading.RLock()  # held around every model call
+
+    # ------------------------------------------------------------------ loading
+
+    def start_background(self) -> None:
+        """Begin loading in a daemon thread (no-op when already loading or loaded)."""
+        if self._state != "idle":
+            return
+        threading.Thread(target=self._load_quietly, name="icformer-model-loader", daemon=True).start()
+
+    def _load_quietly(self) -> None:
+        try:
+            self._load()
+        except Exception:  # recorded in self._error and shown in the banner
+            pass
+
+    def _load(self):
+        with self._load_lock:
+            if self._compressor is not None:
+                return self._compressor
+            self._state, self._error, self._started = "loading", None, time.perf_counter()
+            try:
+                cc = self._factory()
+                if self._warm_up:
+                    self._warm(cc)
+                info = describe(cc)
+                info.load_seconds = time.perf_counter() - self._started
+            except Exception as err:
+                log.exception("loading the compressor failed")
+                self._state, self._error = "error", f"{type(err).__name__}: {err}"
+                self._ready.set()
+                raise
+            self._compressor, self._info, self._state = cc, info, "ready"
+            self._ready.set()
+            log.info("compressor ready on %s in %.1f s", info.device, info.load_seconds)
+            return cc
+
+    def _warm(self, cc) -> None:
+        """One tiny call per method, so the first visitor's timings are not the cold start's."""
+        with self.lock:
+            for method in cc.methods():
+                try:
+                    cc.compress("A short warm-up sentence for the compressor.", method=method)
+                except Exception as err:  # a failing warm-up must not block the app
+                    log.warning("warm-up of %s failed: %s", method, err)
+
+    def get(self, wait_callback: Callable[[float], None] | None = None):
+        """The compressor, loading it now if nobody has started yet (waits if someone has)."""
+        if self._compressor is not None:
+            return self._compressor
+        if self._state == "idle":
+            self.start_background()
+        while not self._ready.wait(timeout=0.25):
+            if wait_callback is not None:
+                wait_callback(time.perf_counter() - self._started)
+        if self._compressor is None:
+            raise RuntimeError(f"The model could not be loaded: {self._error}")
+        return self._compressor
+
+    @contextmanager
+    def session(self, wait_callback: Callable[[float], None] | None = None) -> Iterator[object]:
+        """``with service.session() as cc:`` — the compressor, exclusively, for one model call."""
+        cc = self.get(wait_callback)
+        with self.lock:
+            yield cc
+
+    # ------------------------------------------------------------------ status
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def info(self) -> ModelInfo | None:
+        return self._info
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    def loading_seconds(self) -> float:
+        return time.perf_counter() - self._started if self._state == "loading" else 0.0

@@ -1,0 +1,84 @@
+"""Bridges to ``icformer.bench`` and ``icformer.flops`` for the Speed tab and the FLOPs column.
+
+The UI goes through these functions only, so it degrades to a message (instead of failing)
+in a build where either module is missing or its API has moved on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Callable
+
+import pandas as pd
+
+from .results import normalise_bench
+
+log = logging.getLogger(__name__)
+
+QUICK_LENGTHS = [128, 256, 512, 1024, 2048]
+
+
+def _module(name: str):
+    try:
+        return importlib.import_module(f"icformer.{name}")
+    except ImportError:
+        return None
+
+
+# ---------------------------------------------------------------------- FLOPs
+
+
+def compression_flops(cc, method: str, num_tokens: int, batch: int = 1) -> float | None:
+    """Exact matmul FLOPs to compress one ``num_tokens``-token context; None when unavailable."""
+    mod = _module("flops")
+    if mod is None or num_tokens < 1:
+        return None
+    try:
+        if method == "icformer":
+            return float(mod.icformer_flops(cc.icformer.config, num_tokens, batch).exact)
+        if method == "icae" and getattr(cc, "icae", None) is not None:
+            return float(mod.icae_flops(cc.icae, num_tokens, batch).exact)
+    except Exception as err:  # a FLOPs column must never break compression
+        log.warning("FLOPs unavailable for %s: %s", method, err)
+    return None
+
+
+def flops_curve(cc, lengths: list[int]) -> pd.DataFrame | None:
+    rows = [
+        dict(method=method, length=int(n), flops=value)
+        for method in ("icformer", "icae")
+        if method in cc.methods()
+        for n in lengths
+        if (value := compression_flops(cc, method, int(n))) is not None
+    ]
+    return pd.DataFrame(rows) if rows else None
+
+
+# ---------------------------------------------------------------------- benchmark
+
+
+def bench_available(cc=None) -> tuple[bool, str]:
+    mod = _module("bench")
+    if mod is None or not hasattr(mod, "run_benchmark"):
+        return False, "The live benchmark needs icformer.bench, which this build does not include."
+    if cc is not None and "icae" not in cc.methods():
+        return False, "The live benchmark compares IC-Former with ICAE, and no ICAE is loaded."
+    return True, ""
+
+
+def run_quick_benchmark(cc, lengths: list[int], progress: Callable | None = None) -> pd.DataFrame:
+    """``icformer.bench.run_benchmark`` in quick mode (batch 1) for ``lengths``: its rows as a DataFrame."""
+    mod = _module("bench")
+    done = [0]
+
+    def report(message: str) -> None:
+        if progress is not None:
+            progress(done[0] / max(len(lengths), 1), desc=f"Benchmarking {message}…")
+        done[0] += 1
+
+    rows = mod.run_benchmark(cc, list(lengths), [1], quick=True, progress=report)
+    frame = normalise_bench(pd.DataFrame(rows))
+    if frame is None:
+        raise RuntimeError("icformer.bench.run_benchmark returned rows without method, length and compress_s")
+    return frame

@@ -1,0 +1,371 @@
+"""`python -m icformer bench`: compression speed of IC-Former vs ICAE, as in the paper's Table 1.
+
+For each batch size and context length, one process times, interleaved and after a warm-up:
+IC-Former compression, ICAE compression, the LLM's prefill of the answer prompt holding the
+compressed vectors, and the prefill of the same prompt holding the full context. The warm-up
+run of each step is the FlopCounterMode run, so measured FLOPs cost no extra pass. Contexts
+are random token ids (no special tokens): speed does not depend on content.
+
+IC-Former's time is also compared with its FLOP-bound time: its exact FLOPs over the rate
+of its own largest matmul (the K/V projection), timed in the same rotation; the ratio says
+how close to the hardware's matmul speed the whole compression runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .compressor import ContextCompressor, encode
+from .flops import Flops, chunk_grid, icae_flops, icformer_flops, measure_flops
+from .prompts import assemble, question_layout
+from .timing import now, peak_memory_bytes, reset_peak_memory
+
+DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096)
+DEFAULT_BATCH_SIZES = (1, 8)
+DEFAULT_REPEATS = 5
+QUICK_LENGTHS = (128, 512)
+QUICK_REPEATS = 3
+QUESTION = "What is the main point of this text?"
+FILE_STEM = "bench"
+
+# One row per (batch_size, length, method); every row carries every column (None = not applicable).
+COLUMNS = (
+    "method", "batch_size", "length", "k", "L", "num_chunks", "num_vectors", "repeats",
+    "compress_s", "prefill_s", "total_s", "speedup_vs_icae", "total_speedup_vs_full",
+    "flops_paper", "flops_exact", "flops_measured", "flops_ratio_vs_icae", "prefill_flops_measured",
+    "gflops_per_s", "matmul_gflops_per_s", "flop_bound_s", "time_over_flop_bound",
+    "memory_bytes", "memory_kind", "device",
+)
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def synthetic_contexts(cc: ContextCompressor, batch: int, length: int, generator: torch.Generator) -> list[list[int]]:
+    """`batch` contexts of `length` random token ids, special tokens excluded."""
+    vocab = min(len(cc.tokenizer), cc.llm.get_input_embeddings().num_embeddings)
+    allowed = torch.ones(vocab, dtype=torch.bool)
+    allowed[[i for i in cc.tokenizer.all_special_ids if i < vocab]] = False
+    pool = allowed.nonzero().squeeze(1)
+    return pool[torch.randint(len(pool), (batch, length), generator=generator)].tolist()
+
+
+def _prefill_inputs(cc: ContextCompressor, vectors: list[torch.Tensor], task: str | None) -> torch.Tensor:
+    """The answer prompt around each context's vectors, stacked: [batch, positions, hidden]."""
+    model = cc.icformer if task else None
+    layout = question_layout(cc.tokenizer, QUESTION, task=task)
+    vector = model.task_embedding(task) if model else None
+    return torch.stack([assemble(cc.target.embed, layout, v.to(cc.target.dtype), vector) for v in vectors])
+
+
+def _prefill(cc: ContextCompressor, inputs: torch.Tensor) -> Any:
+    """What `generate` does before the first token: fill the KV cache, logits for the last position."""
+    with cc._decoder():
+        return cc.llm(inputs_embeds=inputs, use_cache=True, logits_to_keep=1)
+
+
+def _reference_matmul(cc: ContextCompressor, batch: int, length: int) -> Callable[[], torch.Tensor]:
+    """IC-Former's largest matmul for this batch: the K/V projection of every chunk's [context; digests]."""
+    config = cc.icformer.config
+    chunks, width = chunk_grid(length, config.chunk_size)
+    rows = batch * chunks * (width + config.num_digest_tokens)
+    a = torch.randn(rows, config.hidden_size, device=cc.device, dtype=cc.target.dtype)
+    b = torch.randn(config.hidden_size, config.hidden_size, device=cc.device, dtype=cc.target.dtype)
+    return lambda: a @ b
+
+
+@torch.no_grad()
+def _measure(cc: ContextCompressor, ids: list[list[int]], repeats: int) -> dict[str, dict[str, Any]]:
+    """Seconds (median), measured FLOPs and peak memory of each step, interleaved.
+
+    The reference matmul is timed in the same rotation, so the FLOP-bound time it gives
+    sees the same contention as the steps it is compared with.
+    """
+    compressed = _prefill_inputs(cc, encode(cc.icformer, cc.target, ids), "FT")
+    full = _prefill_inputs(cc, encode(None, cc.target, ids), None)
+    steps: dict[str, Callable[[], Any]] = {
+        "icformer": lambda: encode(cc.icformer, cc.target, ids),
+        "icae": lambda: encode(cc.icae, cc.target, ids),
+        "prefill_compressed": lambda: _prefill(cc, compressed),
+        "prefill_full": lambda: _prefill(cc, full),
+        "matmul": _reference_matmul(cc, len(ids), len(ids[0])),
+    }
+    results = {name: {"flops": measure_flops(step)[0], "times": [], "memory": 0} for name, step in steps.items()}
+    names = list(steps)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:  # rotate the order: no step always first
+            reset_peak_memory(cc.device)
+            start = now(cc.device)
+            steps[name]()
+            results[name]["times"].append(now(cc.device) - start)
+            results[name]["memory"] = max(results[name]["memory"], peak_memory_bytes(cc.device))
+    for result in results.values():
+        result["seconds"] = statistics.median(result.pop("times"))
+    return results
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _rows(cc: ContextCompressor, batch: int, length: int, repeats: int, measured: dict) -> list[dict]:
+    analytic: dict[str, Flops] = {
+        "icformer": icformer_flops(cc.icformer.config, length, batch),
+        "icae": icae_flops(cc.icae, length, batch),
+    }
+    k, L = cc.icformer.config.num_digest_tokens, cc.icformer.config.chunk_size
+    chunks = chunk_grid(length, L)[0]
+    full_total = measured["prefill_full"]["seconds"]
+    icae_s = measured["icae"]["seconds"]
+    rate = measured["matmul"]["flops"] / measured["matmul"]["seconds"]
+    common = dict(batch_size=batch, length=length, repeats=repeats, device=str(cc.device),
+                  memory_kind="cuda_peak" if cc.device.type == "cuda" else "cpu_rss")
+    rows = []
+    for method in ("icformer", "icae"):
+        seconds, prefill = measured[method]["seconds"], measured["prefill_compressed"]["seconds"]
+        flops = analytic[method]
+        bound = flops.exact / rate
+        rows.append(dict(
+            common, method=method, k=k, L=L, num_chunks=chunks, num_vectors=chunks * k,
+            compress_s=seconds, prefill_s=prefill, total_s=seconds + prefill,
+            speedup_vs_icae=icae_s / seconds, total_speedup_vs_full=full_total / (seconds + prefill),
+            flops_paper=flops.paper, flops_exact=flops.exact, flops_measured=measured[method]["flops"],
+            flops_ratio_vs_icae=analytic["icae"].exact / flops.exact,
+            prefill_flops_measured=measured["prefill_compressed"]["flops"],
+            gflops_per_s=measured[method]["flops"] / seconds / 1e9, matmul_gflops_per_s=rate / 1e9,
+            flop_bound_s=bound, time_over_flop_bound=seconds / bound, memory_bytes=measured[method]["memory"],
+        ))
+    rows.append(dict(
+        common, method="full", num_vectors=length, prefill_s=full_total, total_s=full_total,
+        total_speedup_vs_full=1.0, prefill_flops_measured=measured["prefill_full"]["flops"],
+        matmul_gflops_per_s=rate / 1e9, memory_bytes=measured["prefill_full"]["memory"],
+    ))
+    return [{column: row.get(column) for column in COLUMNS} for row in rows]
+
+
+def run_benchmark(
+    cc: ContextCompressor,
+    lengths: list[int] | None = None,
+    batch_sizes: list[int] | None = None,
+    repeats: int | None = None,
+    *,
+    quick: bool = False,
+    max_batch_tokens: int | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Benchmark `cc`'s IC-Former and ICAE; returns plain rows, one per (batch_size, length, method).
+
+    Defaults: lengths 128..4096, batch sizes 1 and 8, 5 repeats; `quick`: lengths 128 and 512,
+    batch 1, 3 repeats. `max_batch_tokens` skips combinations with batch_size * length above it.
+
+    Row schema (`COLUMNS`; None where a column does not apply, e.g. compression columns for "full"):
+      method: "icformer", "icae" or "full" (the LLM reading the whole context; no compression)
+      batch_size, length: contexts per call and tokens per context
+      k, L, num_chunks, num_vectors: digests per chunk, chunk limit, chunks and vectors per context
+      repeats: timed runs per step (after one warm-up run, which is the FLOP-counting run)
+      compress_s: median seconds to compress the whole batch
+      prefill_s: median seconds for the LLM to prefill the batch's answer prompts holding the
+        vectors (both compressed methods share one measurement: same shapes) or the full context
+      total_s: compress_s + prefill_s
+      speedup_vs_icae: ICAE compress_s / this method's compress_s
+      total_speedup_vs_full: full-context prefill_s / this method's total_s (> 1: faster)
+      flops_paper, flops_exact, flops_measured: compression FLOPs (see flops.py)
+      flops_ratio_vs_icae: ICAE exact FLOPs / this method's exact FLOPs
+      prefill_flops_measured: FlopCounterMode count of the prefill
+      gflops_per_s: measured compression FLOPs / compress_s, in GFLOP/s
+      matmul_gflops_per_s: this device's rate (model dtype) for IC-Former's K/V projection of
+        this batch ([batch*chunks*(chunk+k), h] @ [h, h]), timed in the same rotation
+      flop_bound_s, time_over_flop_bound: exact FLOPs / matmul rate, and compress_s over it
+      memory_bytes, memory_kind: CUDA peak allocation ("cuda_peak") or process RSS ("cpu_rss")
+      device: where it ran
+    """
+    if cc.icae is None:
+        raise ValueError("the benchmark compares IC-Former with ICAE; build the compressor with an ICAE (icae=True)")
+    shapes = {m.method: (m.config.num_digest_tokens, m.config.chunk_size) for m in (cc.icformer, cc.icae)}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"IC-Former and ICAE must compress at the same k and L to be compared, got (k, L) {shapes}")
+    lengths = list(lengths or (QUICK_LENGTHS if quick else DEFAULT_LENGTHS))
+    batch_sizes = list(batch_sizes or ((1,) if quick else DEFAULT_BATCH_SIZES))
+    repeats = repeats or (QUICK_REPEATS if quick else DEFAULT_REPEATS)
+    if repeats < 1 or min(lengths) < 1 or min(batch_sizes) < 1:
+        raise ValueError("lengths, batch sizes and repeats must be positive")
+    generator = torch.Generator().manual_seed(seed)
+    rows: list[dict[str, Any]] = []
+    for batch in batch_sizes:
+        for length in lengths:
+            if max_batch_tokens is not None and batch * length > max_batch_tokens:
+                continue
+            if progress is not None:
+                progress(f"batch {batch} x {length} tokens")
+            ids = synthetic_contexts(cc, batch, length, generator)
+            rows.extend(_rows(cc, batch, length, repeats, _measure(cc, ids, repeats)))
+    return rows
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment(cc: ContextCompressor) -> dict[str, Any]:
+    """Where and with what the numbers were measured."""
+    import transformers
+
+    root = Path(__file__).resolve().parent.parent
+    git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True)  # noqa: E731
+    try:
+        commit = git("rev-parse", "HEAD").stdout.strip() or None
+        dirty = bool(git("status", "--porcelain").stdout.strip())
+    except OSError:
+        commit, dirty = None, None
+    device = cc.device
+    return dict(
+        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        device=str(device),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        dtype=str(cc.target.dtype).removeprefix("torch."),
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        threads=torch.get_num_threads(),
+        git_commit=commit,
+        git_dirty=dirty,
+        llm=cc.target.name,
+        llm_hash=cc.target.fingerprint,
+        icformer_trained=cc.icformer.trained,
+        icae_trained=cc.icae.trained,
+        icformer_layers=cc.icformer.config.num_layers,
+        icae_lora_r=cc.icae.config.lora_r,
+    )
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """One line per (batch, length): times, speed-ups, FLOPs and how close IC-Former runs to the FLOP bound."""
+    header = (f"{'b':>3} {'n':>5} {'IC-F s':>8} {'ICAE s':>8} {'speedup':>8} {'prefill':>8} {'full s':>8} "
+              f"{'IC-F tot':>9} {'vs full':>8} {'FLOPs IC-F':>11} {'FLOPs ICAE':>11} {'ratio':>6} "
+              f"{'meas/exact':>10} {'GFLOP/s':>8} {'t/bound':>8} {'mem IC-F':>9} {'mem ICAE':>9}")
+    lines = [header, "-" * len(header)]
+    by_key: dict[tuple[int, int], dict[str, dict]] = {}
+    for row in rows:
+        by_key.setdefault((row["batch_size"], row["length"]), {})[row["method"]] = row
+    for (batch, length), m in by_key.items():
+        icf, icae, full = m["icformer"], m["icae"], m["full"]
+        lines.append(
+            f"{batch:>3} {length:>5} {icf['compress_s']:>8.4f} {icae['compress_s']:>8.3f} "
+            f"{icf['speedup_vs_icae']:>7.1f}x {icf['prefill_s']:>8.3f} {full['prefill_s']:>8.3f} "
+            f"{icf['total_s']:>9.3f} {icf['total_speedup_vs_full']:>7.2f}x {icf['flops_exact']:>11.3e} "
+            f"{icae['flops_exact']:>11.3e} {icf['flops_ratio_vs_icae']:>5.1f}x "
+            f"{icf['flops_measured'] / icf['flops_exact']:>10.3f} {icf['gflops_per_s']:>8.1f} "
+            f"{icf['time_over_flop_bound']:>7.2f}x "
+            f"{icf['memory_bytes'] / 2**20:>8.0f}M {icae['memory_bytes'] / 2**20:>8.0f}M"
+        )
+    return "\n".join(lines)
+
+
+def figure(rows: list[dict[str, Any]], meta: dict[str, Any]):
+    """Time vs context length, log-log: both compressors, IC-Former's total, the full-context prefill."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    series = (("icformer", "compress_s", "IC-Former compress", "solid"),
+              ("icae", "compress_s", "ICAE compress", "solid"),
+              ("icformer", "total_s", "IC-Former compress + prefill", "dot"),
+              ("full", "prefill_s", "full-context prefill", "dash"))
+    for batch in sorted({r["batch_size"] for r in rows}):
+        for method, column, name, dash in series:
+            points = sorted((r["length"], r[column]) for r in rows if (r["method"], r["batch_size"]) == (method, batch))
+            fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
+                                     name=f"{name} (batch {batch})", line=dict(dash=dash)))
+    fig.update_layout(
+        title=f"Compression time vs context length — {meta['device_name']} ({meta['device']}, {meta['dtype']}, "
+              f"{meta['threads']} threads), {meta['llm']}",
+        xaxis=dict(title="context length (tokens)", type="log"),
+        yaxis=dict(title="seconds (median)", type="log"),
+        template="plotly_white",
+    )
+    return fig
+
+
+def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """bench.csv (rows), bench.json ({"meta", "rows"}) and bench.html (self-contained plotly figure)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {suffix: out / f"{FILE_STEM}.{suffix}" for suffix in ("csv", "json", "html")}
+    with paths["csv"].open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    paths["json"].write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    figure(rows, meta).write_html(paths["html"], include_plotlyjs=True)  # viewable offline
+    return paths
+
+
+def with_icae(cc: ContextCompressor, seed: int = 0) -> ContextCompressor:
+    """`cc`, or (when it has no ICAE) its LLM and IC-Former plus a seeded random ICAE of the same k and L."""
+    if cc.icae is not None:
+        return cc
+    from .icae import ICAEConfig, ICAEModel
+
+    torch.manual_seed(seed)
+    config = cc.icformer.config
+    icae = ICAEModel(ICAEConfig.for_llm(cc.llm.config, config.num_digest_tokens, config.chunk_size), cc.target)
+    return ContextCompressor(cc.target, cc.icformer, icae, max_context_tokens=cc.max_context_tokens)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    from .cli import _model_args
+
+    _model_args(parser)
+    parser.add_argument("--lengths", type=int, nargs="+", default=None,
+                        help=f"context lengths in tokens (default: {' '.join(map(str, DEFAULT_LENGTHS))})")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 8")
+    parser.add_argument("--repeats", type=int, default=None, help=f"timed runs per step (default {DEFAULT_REPEATS})")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"lengths {' '.join(map(str, QUICK_LENGTHS))}, batch 1, {QUICK_REPEATS} repeats")
+    parser.add_argument("--max-batch-tokens", type=int, default=None,
+                        help="skip combinations whose batch size x length exceeds this")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; use fewer on a CPU shared with other jobs)")
+    parser.add_argument("--out", type=Path, default=Path("out/bench"), help="directory for bench.csv/json/html")
+    parser.add_argument("--json", action="store_true", help="print the JSON results instead of the table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .cli import _compressor
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    cc = with_icae(_compressor(args))
+    say = lambda message: print(f"[bench] {message}", file=sys.stderr, flush=True)  # noqa: E731
+    rows = run_benchmark(cc, args.lengths, args.batch_sizes, args.repeats, quick=args.quick,
+                         max_batch_tokens=args.max_batch_tokens, progress=say)
+    meta = environment(cc)
+    paths = write_results(rows, meta, args.out)
+    if args.json:
+        print(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    else:
+        print(format_table(rows))
+        print(f"\n{meta['device_name']} ({meta['device']}, {meta['dtype']}, {meta['threads']} threads), "
+              f"torch {meta['torch']}, commit {meta['git_commit']}{' (dirty)' if meta['git_dirty'] else ''}")
+    say("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

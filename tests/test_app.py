@@ -1,0 +1,378 @@
+"""The Gradio app end to end over HTTP: a tiny-model app on a free loopback port, driven by gradio_client.
+
+Every endpoint is called by its api_name, bad input included (it must come back as a clear
+error, not a crash), and 8 concurrent clients each get the results of their own context.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import warnings
+from pathlib import Path
+
+import gradio as gr
+import pytest
+import torch
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from app import build_demo
+from app.examples import load_examples
+from app.handlers import Handlers, check_text
+from app.presentation import word_diff
+from app.results import filter_samples, load_results
+from app.service import ModelService
+from icformer import CompressedContext, ContextCompressor, UntrainedWarning
+from icformer.llm import load_llm
+
+from .conftest import TINY_K, TINY_L, make_tiny_icformer
+
+APP_MAX_TOKENS = 2048
+STORY = (
+    "Marta kept the lighthouse on Gull Rock for nineteen years. Her grey cat was called Admiral. "
+    "The supply boat came on the first Tuesday of each month, skippered by Tobias Wren."
+)
+
+
+# ---------------------------------------------------------------------- fixtures and helpers
+
+
+def tiny_factory(llm_dir: Path):
+    """A factory for the app: its own tiny LLM copy (an ICAE adapter is injected into it) + both compressors."""
+
+    def build() -> ContextCompressor:
+        target = load_llm(str(llm_dir), device="cpu")
+        icformer = make_tiny_icformer(target)
+        icae = None
+        try:
+            from icformer.icae import ICAEConfig, ICAEModel
+        except ImportError:
+            pass
+        else:
+            torch.manual_seed(0)
+            icae = ICAEModel(ICAEConfig.for_llm(target.model.config, TINY_K, TINY_L, lora_r=4), target)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UntrainedWarning)
+            return ContextCompressor(target, icformer, icae, max_context_tokens=8192)
+
+    return build
+
+
+def write_synthetic_results(root: Path) -> Path:
+    """A small results directory in the schema app/results.py documents."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "meta.json").write_text(json.dumps({"llm": "tiny", "device": "cpu", "trained": False}))
+    (root / "qa_summary.csv").write_text(
+        "dataset,method,num_vectors,rouge1_f,rouge2_f,rougeL_f,exact_match,f1,n\n"
+        "pwc,icformer,32,0.41,0.22,0.38,0.05,0.40,20\n"
+        "pwc,icae,32,0.45,0.25,0.42,0.06,0.44,20\n"
+        "pwc,full,,0.50,0.31,0.47,0.10,0.50,20\n"
+        "squad,icformer,32,0.30,0.12,0.28,0.10,0.33,10\n"
+        "squad,full,,0.60,0.40,0.58,0.35,0.62,10\n"
+    )
+    (root / "reconstruction_by_length.csv").write_text(
+        "method,length_bucket,bleu,ce,n\n"
+        + "".join(f"icformer,{b},{1 - b / 2000:.3f},{b / 500:.2f},5\n" for b in (100, 200, 300, 400, 500))
+        + "".join(f"icae,{b},{1 - b / 1500:.3f},{b / 400:.2f},5\n" for b in (100, 200, 300, 400, 500))
+    )
+    (root / "paper_vs_ours.csv").write_text(
+        "table,setting,metric,paper,ours,note\n"
+        "PwC QA,IC-Former 128 digests,rougeL_f,0.482,0.38,tiny model\n"
+        "Reconstruction,IC-Former 500 tokens,bleu,0.969,0.75,\n"
+    )
+    (root / "randomness.csv").write_text("text,bleu\nnormal,0.9\nrandom,0.01\n")
+    samples = []
+    for i in range(6):
+        dataset = "pwc" if i < 4 else "squad"
+        samples.append({
+            "id": f"{dataset}-{i}", "dataset": dataset, "context": f"Context {i}: the cat sat on mat number {i}.",
+            "question": f"Which mat, {i}?", "reference": f"mat {i}", "num_tokens": 12,
+            "answers": {
+                m: {"text": f"{m} says mat {i}", "rouge1_f": (i + 1) / 10 + d, "rougeL_f": (i + 1) / 10 + d,
+                    "f1": 0.5, "timings": {"compress_s": 0.01, "prefill_s": 0.02, "decode_s": 0.3}}
+                for m, d in (("icformer", 0.0), ("icae", 0.05), ("full", 0.1))
+            },
+        })
+    with open(root / "qa_samples.jsonl", "w") as f:
+        for s in samples:
+            f.write(json.dumps(s) + "\n")
+        f.write("{not json\n")
+    bench = root / "bench"
+    bench.mkdir(exist_ok=True)
+    rows = []
+    for n in (128, 256, 512):
+        rows.append(dict(method="icformer", batch_size=1, length=n, compress_s=0.001 * n / 128, prefill_s=0.05,
+                         flops_exact=1e9 * n, device="cuda"))
+        rows.append(dict(method="icae", batch_size=1, length=n, compress_s=0.05 * (n / 128) ** 1.5, prefill_s=0.05,
+                         flops_exact=3e10 * n, device="cuda"))
+        rows.append(dict(method="full", batch_size=1, length=n, compress_s=0.0, prefill_s=0.02 * n / 128, device="cuda"))
+    cols = list(rows[0].keys())
+    (bench / "bench.csv").write_text(
+        ",".join(cols) + "\n" + "".join(",".join(str(r.get(c, "")) for c in cols) + "\n" for r in rows)
+    )
+    (bench / "bench.json").write_text(json.dumps({"meta": {"device": "cuda", "device_name": "Test GPU",
+                                                            "dtype": "bfloat16", "date": "2025-01-01"}, "rows": rows}))
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(demo):
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    return f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory):
+    return write_synthetic_results(tmp_path_factory.mktemp("results"))
+
+
+@pytest.fixture(scope="module")
+def served(tiny_llm_dir, results_dir):
+    demo = build_demo(tiny_factory(tiny_llm_dir), results_dir=results_dir, max_context_tokens=APP_MAX_TOKENS)
+    demo.icformer_service.get()  # loaded (in the background thread it started) before the first test
+    url = launch(demo)
+    yield demo, url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return Client(served[1], verbose=False)
+
+
+@pytest.fixture(scope="module")
+def cc(served):
+    return served[0].icformer_service.get()
+
+
+def app_error(call) -> str:
+    with pytest.raises(AppError) as info:
+        call()
+    message = str(info.value)
+    assert "Traceback" not in message and message.strip()
+    return message
+
+
+# ---------------------------------------------------------------------- endpoints
+
+
+def test_named_endpoints(client):
+    names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    for name in ("compress", "ask", "reconstruct", "bench", "speed_reference", "dashboard", "samples", "sample",
+                 "example", "status"):
+        assert f"/{name}" in names, names
+
+
+def test_status(client, cc):
+    status = client.predict(api_name="/status")
+    assert status["state"] == "ready" and status["device"] == "cpu"
+    assert status["methods"] == cc.methods() and "icformer" in status["untrained"]
+
+
+def test_example_fills_context_and_questions(client):
+    examples = load_examples()
+    assert len(examples) >= 5
+    for ex in examples:
+        assert 3 <= len(ex.questions) and all(q and a for q, a in ex.questions)
+    ex = examples[0]
+    context, source = client.predict(ex.title, api_name="/example")  # (the question buttons are not data)
+    assert context == ex.text and ex.source in source
+
+
+def test_compress_reports_each_method_and_downloads(client, cc):
+    headline, table, dl_icformer, dl_icae, summary = client.predict(STORY, api_name="/compress")
+    n = len(cc.tokenize(STORY))
+    chunks = -(-n // TINY_L)
+    expected = [m for m in ("icformer", "icae") if m in cc.methods()]
+    for m in expected:
+        assert summary[m]["num_tokens"] == n and summary[m]["num_vectors"] == chunks * TINY_K
+        assert summary[m]["compress_s"] > 0 and summary[m]["device"] == "cpu" and summary[m]["trained"] is False
+        assert summary[m]["memory_bytes"] > 0
+    assert f">{n}</span> tokens" in headline and "Untrained" in headline
+    for name in [{"icformer": "IC-Former", "icae": "ICAE"}[m] for m in expected]:
+        assert f"<td>{name}</td>" in table
+    assert f"{n} → {chunks * TINY_K}" in table
+    # A download button comes back as an update carrying the (downloaded) file.
+    dl_icformer, dl_icae = (d["value"] if isinstance(d, dict) else d for d in (dl_icformer, dl_icae))
+    z = CompressedContext.load(dl_icformer)
+    assert z.num_tokens == n and z.method == "icformer" and z.num_vectors == chunks * TINY_K
+    if "icae" in expected:
+        assert "speedup" in summary and summary["speedup"] > 0
+        assert CompressedContext.load(dl_icae).method == "icae"
+        assert summary["icformer"]["flops"] and summary["icae"]["flops"]
+
+
+def test_ask_answers_from_three_sources(client, cc):
+    _, _, _, _, compressed = client.predict(STORY, api_name="/compress")
+    out = client.predict(STORY, "What is the cat called?", 12, api_name="/ask")
+    *columns, headline, summary = out
+    assert len(columns) == 6
+    for m in cc.methods():
+        assert m in summary
+        t = summary[m]["timings"]
+        assert set(t) >= {"compress_s", "prefill_s", "decode_s", "tokens_per_s", "total_s"}
+        assert 1 <= t["new_tokens"] <= 12 and summary[m]["device"] == "cpu"
+    # The session reused the contexts it compressed a moment ago (same compression timing).
+    assert summary["icformer"]["timings"]["compress_s"] == pytest.approx(compressed["icformer"]["compress_s"])
+    assert "compress" in columns[1] and "decode" in columns[1]  # timing card of IC-Former
+    assert "IC-Former" in headline
+
+
+def test_reconstruct_shows_a_word_diff_and_bleu(client, cc):
+    spans, stats, text, summary = client.predict(STORY, "icformer", 32, api_name="/reconstruct")
+    assert 0.0 <= summary["bleu"] <= 1.0 and "BLEU" in stats
+    assert summary["num_tokens"] == len(cc.tokenize(STORY)) and summary["trained"] is False
+    labels = {s["class_or_confidence"] for s in spans}
+    assert labels <= {None, "missing", "added"} and "missing" in labels
+    assert summary["text"] == text
+
+
+def test_bench_runs_the_library_benchmark(client, cc):
+    if "icae" not in cc.methods():
+        assert "ICAE" in app_error(lambda: client.predict([128, 256], True, api_name="/bench"))
+        return
+    plot, flops_plot, table, rows, *_ = client.predict([128, 256], True, api_name="/bench")
+    methods = {(r["method"], r["length"]) for r in rows}
+    assert {("icformer", 128), ("icae", 128), ("icformer", 256), ("icae", 256)} <= methods
+    assert all(r["compress_s"] > 0 for r in rows if r["method"] != "full")
+    assert "IC-Former" in json.dumps(plot) and "FLOPs" in json.dumps(flops_plot)
+    assert table["value"]["data"] and table["visible"] is True
+
+
+def test_speed_reference_shows_committed_results(client):
+    plot, flops_plot, note = client.predict(True, api_name="/speed_reference")
+    assert "Test GPU" in note and "committed" in json.dumps(plot)
+
+
+def test_dashboard_reads_the_results_schema(client):
+    out = client.predict("All", api_name="/dashboard")
+    status, qa_table, qa_plot, bleu_plot, rec_table, pvo_table, extra = out[:7]
+    assert "tiny" in status
+    assert qa_table["value"]["headers"][:2] == ["dataset", "method"]
+    assert len(qa_table["value"]["data"]) == 5
+    assert "ours/paper" in pvo_table["value"]["headers"]
+    assert "BLEU" in json.dumps(bleu_plot) and "ROUGE-L" in json.dumps(qa_plot)
+    assert "randomness" in extra
+    assert "qa_samples.jsonl: skipped 1" in status  # the malformed line is reported, not fatal
+    plot = client.predict("squad", api_name="/dashboard")[2]
+    assert "squad" in json.dumps(plot)
+
+
+def test_sample_browser_filters_and_shows_three_answers(client):
+    table, ids, note = client.predict("pwc", "icformer", "rougeL_f", 0.25, 1.0, api_name="/samples")
+    assert [row[0] for row in table["data"]] == ["pwc-2", "pwc-3"] and "2 of 6" in note
+    context, question, reference, a1, a2, a3, raw = client.predict("pwc-2", api_name="/sample")
+    assert "mat number 2" in context and question == "Which mat, 2?" and reference == "mat 2"
+    assert [a["value"] for a in (a1, a2, a3)] == ["icformer says mat 2", "icae says mat 2", "full says mat 2"]
+    assert "rougeL_f 0.300" in a1["label"]
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "context, expected",
+    [
+        ("", "empty"),
+        ("   \n\t  ", "empty"),
+        ("\x00\x01\x02\x03\x04" * 200, "binary"),
+        ("\ufffd\ufffd abc " * 300, "binary"),
+        ("x" * (5 * 1024 * 1024), "too long"),  # a huge paste
+        ("xq zv " * 1200, "too long"),  # under the character limit, over the token limit
+    ],
+    ids=["empty", "whitespace", "control-bytes", "undecodable", "huge-paste", "too-many-tokens"],
+)
+def test_bad_context_is_a_clear_error(client, context, expected):
+    assert expected in app_error(lambda: client.predict(context, api_name="/compress")).lower()
+
+
+def test_bad_question_and_options_are_clear_errors(client):
+    assert "question is empty" in app_error(lambda: client.predict(STORY, "  ", 8, api_name="/ask"))
+    assert "context is empty" in app_error(lambda: client.predict("", "Who?", 8, api_name="/ask"))
+    assert "empty" in app_error(lambda: client.predict("", "icformer", 32, api_name="/reconstruct"))
+    assert "at least one" in app_error(lambda: client.predict([], True, api_name="/bench"))
+    assert "between" in app_error(lambda: client.predict([APP_MAX_TOKENS * 2], True, api_name="/bench"))
+    assert "above the maximum" in app_error(
+        lambda: client.predict("All", "icformer", "rougeL_f", 0.9, 0.1, api_name="/samples"))
+    # ...and the app still works afterwards.
+    assert client.predict(STORY, api_name="/compress")[4]["icformer"]["num_tokens"] > 0
+
+
+# ---------------------------------------------------------------------- concurrency
+
+
+def test_eight_concurrent_clients_get_their_own_results(served, cc):
+    url = served[1]
+    contexts = [f"Client {i} writes: " + " ".join(["alpha", "beta", "gamma", "delta"][j % 4] for j in range(5 + 9 * i))
+                for i in range(8)]
+    results: dict[int, tuple] = {}
+    errors: list[BaseException] = []
+
+    def visit(i: int) -> None:
+        try:
+            c = Client(url, verbose=False)
+            compressed = c.predict(contexts[i], api_name="/compress")[4]
+            answered = c.predict(contexts[i], f"What does client {i} write?", 8, api_name="/ask")[-1]
+            results[i] = (compressed, answered)
+        except BaseException as err:  # re-raised below with the thread's index
+            errors.append(err)
+
+    threads = [threading.Thread(target=visit, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert len(results) == 8
+    for i, (compressed, answered) in results.items():
+        n = len(cc.tokenize(contexts[i]))
+        assert compressed["icformer"]["num_tokens"] == n
+        assert answered["icformer"]["num_tokens"] == n and answered["full"]["num_tokens"] == n
+        # Each session answered from its own compressed context, not a neighbour's.
+        assert answered["icformer"]["timings"]["compress_s"] == pytest.approx(compressed["icformer"]["compress_s"])
+    assert len({results[i][0]["icformer"]["num_tokens"] for i in range(8)}) == 8
+
+
+# ---------------------------------------------------------------------- pure pieces (no server)
+
+
+def test_empty_results_dir_says_how_to_make_results(tmp_path):
+    h = Handlers(ModelService(lambda: None), [], tmp_path / "nothing-here")
+    status = h.dashboard("All")[0]
+    assert "No evaluation results yet" in status and "python -m icformer evaluate" in status
+
+
+def test_a_model_that_fails_to_load_is_reported_not_raised():
+    def broken():
+        raise OSError("no weights here")
+
+    h = Handlers(ModelService(broken), [], Path("/nonexistent"))
+    with pytest.raises(gr.Error, match="could not be loaded: OSError: no weights here"):
+        h.compress(STORY, None)
+    assert "failed to load" in h.status_banner() and h.status()["state"] == "error"
+
+
+def test_results_loader_and_filter(results_dir):
+    res = load_results(results_dir)
+    assert res.datasets == ["pwc", "squad"] and res.sample_methods == ["icformer", "icae", "full"]
+    assert len(filter_samples(res.samples, "squad")) == 2
+    assert len(filter_samples(res.samples, "All", "full", "rougeL_f", 0.5, 1.0)) == 3
+    assert list(res.paper_vs_ours["ours/paper"].round(2)) == [0.79, 0.77]
+
+
+def test_word_diff_labels_missing_and_added_words():
+    spans, counts = word_diff("the cat sat on the mat", "the dog sat on the mat today")
+    assert ("cat ", "missing") in spans and ("dog ", "added") in spans and ("today ", "added") in spans
+    assert counts == {"same": 5, "missing": 1, "added": 2}
+
+
+def test_check_text_accepts_ordinary_unicode():
+    assert check_text("Ünïcödé — “quotes” and emoji 🗜️\n\ttabs", "context", 1000)

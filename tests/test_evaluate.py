@@ -1,0 +1,257 @@
+"""`python -m icformer evaluate` on the tiny Llama: the results schema, resuming, --quick, the app's reader."""
+
+import csv
+import json
+import random
+import warnings
+
+import pytest
+import torch
+
+from app.results import load_bench_results, load_results
+from icformer import ContextCompressor, UntrainedWarning
+from icformer import compressor as compressor_module
+from icformer.cli import main
+from icformer.evaluate import (
+    PAPER_NUMBERS,
+    QA_COLUMNS,
+    RANDOMNESS_KINDS,
+    REC_COLUMNS,
+    EvalSettings,
+    TextSource,
+    allowed_ids,
+    randomness_ids,
+    run_evaluation,
+)
+from icformer.icae import ICAEConfig, ICAEModel
+from icformer.llm import load_llm
+
+from .conftest import TINY_K, TINY_L, make_tiny_icformer
+
+WORDS = ("river stone lamp garden winter letter harbour captain music window bread orchard silver "
+         "morning travel quiet market bridge").split()
+
+
+def _sentence(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 10))).capitalize() + "."
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model's matmuls are too small to share out; extra threads only contend on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Made-up evaluation and validation data in the project's formats."""
+    rng = random.Random(0)
+    root = tmp_path_factory.mktemp("eval-data")
+    passages = [
+        {"id": f"made-up/doc{d}#{p:04d}", "text": " ".join(_sentence(rng) for _ in range(6)), "document": f"doc{d}"}
+        for d in range(3) for p in range(6)
+    ]
+    questions = []
+    for i in range(8):
+        task = ("alpha", "beta")[i % 2]
+        answer = rng.choice(WORDS)
+        context = " ".join(_sentence(rng) for _ in range(3)) + f" The keeper's word is {answer}."
+        questions.append({"id": f"{task}/{i:03d}", "input": context, "prompt": "What is the keeper's word?",
+                          "answer": answer, "answers": [answer], "task": task})
+    for name, rows in (("pretrain_valid.jsonl", passages), ("eval.jsonl", questions)):
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def cc(tiny_llm_dir):
+    """IC-Former and ICAE on their own tiny LLM (an ICAE adapter is injected into its LLM)."""
+    target = load_llm(str(tiny_llm_dir), device="cpu")
+    torch.manual_seed(0)
+    icae = ICAEModel(ICAEConfig.for_llm(target.model.config, TINY_K, TINY_L, lora_r=4), target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntrainedWarning)
+        return ContextCompressor(target, make_tiny_icformer(target), icae, max_context_tokens=2048)
+
+
+SMALL = dict(qa_samples=4, max_new_tokens=5, length_buckets=(20, 40), bucket_width=10, length_samples=1,
+             randomness_length=12, randomness_samples=1, reconstruction_extra_tokens=2,
+             bench_lengths=(32,), bench_batch_sizes=(1,), bench_repeats=1)
+
+
+def _header(path):
+    with open(path, newline="") as handle:
+        return next(csv.reader(handle))
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class CountingGenerate:
+    def __init__(self, monkeypatch):
+        self.calls, original = 0, compressor_module.generate_from_embeds
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(compressor_module, "generate_from_embeds", counted)
+
+
+def test_writes_the_documented_schema_and_the_app_reads_it(cc, data_dir, tmp_path):
+    no_pretrain_dir = make_tiny_icformer(cc.target, seed=1).save_pretrained(tmp_path / "no-pretrain", trained=False)
+    out = tmp_path / "results"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntrainedWarning)
+        result = run_evaluation(cc, out, data_dir=data_dir, no_pretrain=no_pretrain_dir, progress=False,
+                                command="pytest", **SMALL)
+
+    assert _header(out / "qa_summary.csv") == list(QA_COLUMNS)
+    assert _header(out / "reconstruction_by_length.csv") == list(REC_COLUMNS)
+    assert _header(out / "paper_vs_ours.csv") == ["table", "setting", "metric", "paper", "ours", "note", "trained"]
+    for stem in result["tables"]:
+        assert json.loads((out / f"{stem}.json").read_text())["rows"] == json.loads(
+            json.dumps(result["tables"][stem], default=str))
+
+    methods = ["icformer", "icae", "full", "icformer-no-pretrain"]
+    qa = {r["method"]: r for r in result["tables"]["qa_summary"]}
+    assert list(qa) == methods and all(r["n"] == 4 and r["dataset"] == "all" for r in qa.values())
+    assert qa["full"]["trained"] is True and qa["icformer"]["trained"] is False
+    assert {r["dataset"] for r in result["tables"]["qa_by_task"]} == {"alpha", "beta"}
+
+    samples = _jsonl(out / "qa_samples.jsonl")
+    assert len(samples) == 4 and len({s["id"] for s in samples}) == 4
+    for sample in samples:
+        assert {"id", "dataset", "context", "question", "reference", "num_tokens", "answers"} <= set(sample)
+        assert list(sample["answers"]) == methods
+        for answer in sample["answers"].values():
+            assert {"text", "rouge1_f", "rouge2_f", "rougeL_f", "exact_match", "f1", "trained", "timings"} <= set(
+                answer)
+            assert all(0.0 <= answer[m] <= 1.0 for m in ("rouge1_p", "rougeL_r", "f1"))
+            assert {"compress_s", "prefill_s", "decode_s"} <= set(answer["timings"])
+
+    rec = result["tables"]["reconstruction_by_length"]
+    assert [(r["method"], r["length_bucket"]) for r in rec] == [("icformer", 20), ("icformer", 40), ("icae", 20),
+                                                                ("icae", 40)]
+    assert all(r["ce"] > 0 and 0 <= r["bleu"] <= 1 and r["n"] == 1 for r in rec)
+    rand = result["tables"]["reconstruction_by_randomness"]
+    assert [r["kind"] for r in rand] == list(RANDOMNESS_KINDS) * 2 and {r["length"] for r in rand} == {12}
+
+    pvo = result["tables"]["paper_vs_ours"]
+    assert len(pvo) == len(PAPER_NUMBERS)
+    measured = {(r["setting"], r["metric"]): r for r in pvo if r["ours"] is not None}
+    assert ("IC-Former 128 digests", "rougeL_f") in measured and ("ICAE 512 tokens", "flops") in measured
+    assert measured[("ICAE formula at Llama-2-7B sizes", "flops")]["ours"] == pytest.approx(8.50e12, rel=0.01)
+    assert measured[("IC-Former formula at Llama-2-7B sizes", "flops")]["ours"] == pytest.approx(2.62e11, rel=0.01)
+
+    meta = json.loads((out / "meta.json").read_text())
+    assert {"llm", "device", "trained", "trained_by_method", "date", "commit", "command", "torch", "threads"} <= set(
+        meta)
+    assert meta["trained_by_method"] == {"icformer": False, "icae": False, "full": True, "icformer-no-pretrain": False}
+    assert meta["command"] == "pytest" and meta["status"] == "complete"
+    readme = (out / "README.md").read_text()
+    assert "Random weights" in readme and "`pytest`" in readme and meta["date"] in readme
+
+    # The app's Evaluation and Speed tabs read all of it.
+    res = load_results(out)
+    assert res.problems == []
+    assert set(res.qa_summary["method"]) == set(methods)
+    assert set(res.reconstruction["length_bucket"]) == {20, 40}
+    assert "ours/paper" in res.paper_vs_ours.columns
+    assert len(res.samples) == 4 and res.sample_methods == methods
+    assert {"qa_by_task", "reconstruction_by_randomness"} <= set(res.extra_tables)
+    bench, problems = load_bench_results(out / "bench")
+    assert problems == [] and {"icformer", "icae"} <= set(bench["method"])
+
+
+def test_a_rerun_skips_finished_samples(cc, data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "results"
+    settings = dict(SMALL, sections=("qa", "reconstruction"), qa_samples=2, length_buckets=(20,))
+    counter = CountingGenerate(monkeypatch)
+    run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False, **settings)
+    assert counter.calls == 2 * 3 + 1 * 2  # questions x methods + windows x compressors
+    before = {name: (out / name).read_text() for name in ("qa_samples.jsonl", "reconstruction_samples.jsonl")}
+
+    counter.calls = 0
+    run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False, **settings)
+    assert counter.calls == 0
+    assert {name: (out / name).read_text() for name in before} == before
+    meta, run = json.loads((out / "meta.json").read_text()), json.loads((out / "run.json").read_text())
+    assert len(run["earlier_invocations"]) == 1 and meta["total_seconds"] >= meta["seconds"]
+    assert "1 earlier invocation(s)" in (out / "README.md").read_text()
+
+    # One more question: only it is computed; a half-written last line is dropped.
+    with open(out / "qa_samples.jsonl", "a") as handle:
+        handle.write('{"id": "torn')
+    result = run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False,
+                            **dict(settings, qa_samples=3))
+    assert counter.calls == 3
+    assert [r["n"] for r in result["tables"]["qa_summary"]] == [3, 3, 3]
+    assert len(_jsonl(out / "qa_samples.jsonl")) == 3
+
+    # Other settings (a longer generation) set these rows aside; going back brings them back. Sections
+    # not run keep their summaries.
+    result = run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False,
+                            **dict(settings, qa_samples=1, max_new_tokens=6, sections=("qa",)))
+    assert len(_jsonl(out / "qa_samples.jsonl")) == 1
+    assert [r["n"] for r in result["tables"]["reconstruction_by_length"]] == [1, 1]
+    assert (out / "reconstruction_by_length.csv").is_file()
+    counter.calls = 0
+    run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False, **dict(settings, qa_samples=3))
+    assert counter.calls == 0 and len(_jsonl(out / "qa_samples.jsonl")) == 3
+
+
+def test_benchmark_rows_from_a_bench_run_fill_the_speed_comparison(cc, data_dir, tmp_path):
+    bench = tmp_path / "bench.json"
+    rows = [{"method": "icformer", "batch_size": 8, "length": 512, "compress_s": 0.05, "speedup_vs_icae": 20.0,
+             "total_speedup_vs_full": 2.5},
+            {"method": "icae", "batch_size": 8, "length": 512, "compress_s": 1.0, "speedup_vs_icae": 1.0}]
+    bench.write_text(json.dumps({"meta": {}, "rows": rows}))
+    measured = run_evaluation(cc, tmp_path / "results", data_dir=data_dir, no_pretrain=None, progress=False,
+                              **dict(SMALL, sections=("bench",)))
+    assert {r["length"] for r in measured["bench"]} == {32}
+    result = run_evaluation(cc, tmp_path / "results", data_dir=data_dir, no_pretrain=None, progress=False,
+                            bench_from=bench, **dict(SMALL, sections=("bench",)))
+    assert len(list((tmp_path / "results" / ".cache" / "bench").glob("evaluate.*.csv"))) == 1  # set aside
+    ours = {(r["setting"], r["metric"]): r["ours"] for r in result["tables"]["paper_vs_ours"]}
+    assert ours[("IC-Former vs ICAE 8x512", "speedup")] == 20.0
+    assert ours[("IC-Former vs full context 8x512", "total_speedup")] == 2.5
+    assert ours[("ICAE 8x512", "compress_s")] == 1.0 and ours[("ICAE 8x2048", "compress_s")] is None
+    assert result["tables"]["qa_summary"] == []
+    copied, problems = load_bench_results(tmp_path / "results" / "bench")
+    assert problems == [] and list(copied["compress_s"]) == [0.05, 1.0]
+
+
+def test_randomness_sequences(cc, data_dir):
+    text = TextSource(_jsonl(data_dir / "pretrain_valid.jsonl"), cc.tokenizer)
+    allowed = allowed_ids(cc.tokenizer, len(cc.tokenizer))
+    seqs = {kind: randomness_ids(kind, 20, random.Random("7"), text, allowed) for kind in RANDOMNESS_KINDS}
+    assert seqs["reversed"] == seqs["normal"][::-1]
+    steps = {allowed.index(b) - allowed.index(a) for a, b in zip(seqs["patterned"], seqs["patterned"][1:])}
+    assert steps <= {1, 1 - len(allowed)}
+    assert all(len(s) == 20 and set(s) <= set(allowed) for s in seqs.values())
+    assert not set(cc.tokenizer.all_special_ids) & set(seqs["random"])
+
+
+def test_quick_cli_end_to_end(tiny_llm_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "results"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntrainedWarning)
+        rc = main(["evaluate", "--llm", str(tiny_llm_dir), "--data-dir", str(data_dir), "--out", str(out),
+                   "--quick", "--no-progress", "--icformer-no-pretrain", "none",
+                   "--threads", str(torch.get_num_threads())])
+    assert rc == 0, capsys.readouterr().err
+    meta = json.loads((out / "meta.json").read_text())
+    run = json.loads((out / "run.json").read_text())
+    assert meta["mode"] == "quick" and run["settings"] == json.loads(json.dumps(EvalSettings.quick().__dict__))
+    assert meta["trained_by_method"] == {"icformer": False, "icae": False, "full": True}
+    res = load_results(out)
+    assert res.problems == [] and len(res.samples) == 3
+    assert set(res.reconstruction["method"]) == {"icformer", "icae"}
+    bench, problems = load_bench_results(out / "bench")
+    assert problems == [] and sorted(set(bench["length"])) == [128, 512]
+    assert "wrote" in capsys.readouterr().out

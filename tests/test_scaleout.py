@@ -1,0 +1,224 @@
+"""Scale-out: the accelerate configs in configs/accelerate/ and gradient checkpointing.
+
+The configs are checked with accelerate's own machinery: its config classes (unknown keys
+fail), its launch parser (every backend key must be a real launch option), its launch
+environment builders, and the FSDP / DeepSpeed plugins that read that environment. DDP also
+runs for real: `accelerate launch` with ddp.yaml, two CPU processes (gloo), one step.
+DeepSpeed itself is not installed here; nothing below needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from icformer.objectives import CompressionObjective, autoencoding_example
+from icformer.train import TrainConfig, checkpoint_llm, train
+
+from .conftest import make_tiny_icformer
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs" / "accelerate"
+EXPECTED = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed-zero2": "DEEPSPEED"}
+TRAIN_ARGS = ["-m", "icformer", "train", "--preset", "paper-pretrain", "--grad-accum", "4", "--gradient-checkpointing"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_args(name: str, *extra: str) -> argparse.Namespace:
+    """What `accelerate launch --config_file <name>.yaml ... -m icformer train ...` resolves to."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    argv = ["--config_file", str(CONFIGS / f"{name}.yaml"), "--main_process_port", str(_free_port()), *extra]
+    args, defaults, mp_from_config = _validate_launch_command(launch_command_parser().parse_args(argv + TRAIN_ARGS))
+    if args.use_deepspeed:  # as accelerate's launch_command does before building the DeepSpeed env
+        fields = list(defaults.deepspeed_config) + (["mixed_precision"] if mp_from_config else [])
+        args.deepspeed_fields_from_accelerate_config = ",".join(fields)
+    return args
+
+
+def _launch_env(args: argparse.Namespace) -> dict[str, str]:
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    if args.use_deepspeed:
+        cmd, env = prepare_deepspeed_cmd_env(args)
+        assert cmd is None  # one machine: accelerate runs torchrun, not the `deepspeed` launcher
+        return env
+    return prepare_multi_gpu_env(args)
+
+
+def test_every_backend_has_a_config():
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_config_parses_with_accelerates_own_schema(name):
+    from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    config = load_config_from_file(str(CONFIGS / f"{name}.yaml"))  # unknown top-level keys raise
+    assert isinstance(config, ClusterConfig)
+    assert config.distributed_type.value == EXPECTED[name]
+    assert config.mixed_precision == "bf16" and config.num_machines == 1 and not config.use_cpu
+    # Backend keys are copied onto launch options by name; accelerate ignores misspelt ones
+    # silently, so every key must be a real option of `accelerate launch`.
+    options = {action.dest for action in launch_command_parser()._actions}
+    for key in config.fsdp_config:
+        assert (key if key.startswith("fsdp") else "fsdp_" + key) in options, key
+    for key in config.deepspeed_config:
+        assert key in options, key
+    assert bool(config.fsdp_config) == (name == "fsdp")
+    assert bool(config.deepspeed_config) == (name == "deepspeed-zero2")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_launch_command_line_builds(name, monkeypatch):
+    """Resolve the launch as `accelerate launch` would, then let the backend plugin read it."""
+    from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin
+
+    args = _launch_args(name)
+    assert (args.module, args.training_script) == (True, "icformer")
+    assert args.training_script_args[:3] == ["train", "--preset", "paper-pretrain"]
+    assert args.num_processes == 4 and args.mixed_precision == "bf16"
+    env = _launch_env(args)
+    assert env["ACCELERATE_MIXED_PRECISION"] == "bf16" and args.nproc_per_node == "4"
+    for key, value in env.items():
+        if key.startswith(("ACCELERATE_", "FSDP_")):
+            monkeypatch.setenv(key, value)
+    if name == "ddp":
+        assert args.multi_gpu and "ACCELERATE_USE_FSDP" not in env and "ACCELERATE_USE_DEEPSPEED" not in env
+    elif name == "fsdp":
+        plugin = FullyShardedDataParallelPlugin()  # validates version, policy, state-dict type
+        assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
+        assert plugin.transformer_cls_names_to_wrap == ["LlamaDecoderLayer", "ICFormerBlock"]
+        assert plugin.state_dict_type.name == "FULL_STATE_DICT"
+        # the classes named for wrapping exist under those names
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+        from icformer.modeling_icformer import ICFormerBlock
+
+        assert (LlamaDecoderLayer.__name__, ICFormerBlock.__name__) == ("LlamaDecoderLayer", "ICFormerBlock")
+    else:
+        plugin = DeepSpeedPlugin()  # builds the DeepSpeed config dict; deepspeed itself is not needed
+        ds = plugin.deepspeed_config
+        assert ds["zero_optimization"]["stage"] == 2 and ds["gradient_clipping"] == 2.0
+        assert ds["zero_optimization"]["offload_optimizer"]["device"] == "none"
+    # the training command the launcher runs parses with our CLI and the paper preset
+    from icformer.cli import VERBS
+
+    assert "train" in VERBS
+    config = TrainConfig.from_sources("paper-pretrain", None, grad_accum=4, gradient_checkpointing=True)
+    assert (config.num_digest_tokens, config.chunk_size, config.grad_accum) == (128, 512, 4)
+    assert config.gradient_checkpointing is True
+
+
+def test_train_cli_has_a_boolean_gradient_checkpointing_flag():
+    from icformer.train import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, "train")
+    assert parser.parse_args([]).gradient_checkpointing is None  # preset / YAML decides
+    assert parser.parse_args(["--gradient-checkpointing"]).gradient_checkpointing is True
+    assert parser.parse_args(["--no-gradient-checkpointing"]).gradient_checkpointing is False
+
+
+def _checkpointing(model) -> bool:
+    flag = getattr(type(model), "is_activation_checkpointing", None)  # is_gradient_checkpointing, renamed
+    return model.is_activation_checkpointing if flag is not None else model.is_gradient_checkpointing
+
+
+def _compressor_grads(objective, compressor, examples):
+    compressor.zero_grad(set_to_none=True)
+    loss, _ = objective(examples)
+    loss.backward()
+    return {name: p.grad.clone() for name, p in compressor.named_parameters() if p.grad is not None}
+
+
+def test_gradient_checkpointing_recomputes_the_llm_and_gradients_still_reach_the_compressor(tiny_target):
+    compressor = make_tiny_icformer(tiny_target).train()
+    objective = CompressionObjective(compressor, tiny_target)
+    ids = tiny_target.tokenizer("The fox waited at the edge of the field.", add_special_tokens=False)["input_ids"]
+    examples = [autoencoding_example(tiny_target.tokenizer, ids)]
+    mlp = tiny_target.model.model.layers[0].mlp
+    calls = []
+    original = mlp.forward
+    mlp.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        plain = _compressor_grads(objective, compressor, examples)
+        assert len(calls) == 1  # one forward, activations kept
+        undo = checkpoint_llm(tiny_target.model)
+        try:
+            calls.clear()
+            checkpointed = _compressor_grads(objective, compressor, examples)
+            assert len(calls) == 2  # forward, then recomputed in backward
+            assert _checkpointing(tiny_target.model) and tiny_target.model.training
+        finally:
+            undo()
+    finally:
+        del mlp.forward
+    assert not _checkpointing(tiny_target.model) and not tiny_target.model.training  # left as found
+    assert all(not p.requires_grad for p in tiny_target.model.parameters())  # the LLM stays frozen
+    trainable = {n for n, p in compressor.named_parameters() if p.requires_grad}
+    assert set(checkpointed) == set(plain)
+    assert {n for n in trainable if n != "task_embeddings.FT"} <= set(plain)  # FT is unused by autoencoding
+    for name in plain:
+        assert checkpointed[name].abs().sum() > 0, name
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7)
+
+
+def _data(tmp_path) -> Path:
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"text": "The river ran slowly past the mill, carrying leaves toward the sea."},
+            {"text": "A lamp burned in the window of the inn, and travellers warmed their hands."}]
+    for name in ("pretrain_train.jsonl", "pretrain_valid.jsonl"):
+        (data / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data
+
+
+def test_training_with_gradient_checkpointing_runs_and_restores_the_llm(tmp_path, tiny_target):
+    config = TrainConfig(data_dir=str(_data(tmp_path)), out_dir=str(tmp_path / "run"), num_digest_tokens=4,
+                         chunk_size=16, batch_size=1, grad_accum=1, max_steps=2, eval_every=2, eval_samples=1,
+                         save_every=2, digest_init_std=0.02, gradient_checkpointing=True)
+    row = train(config, target=tiny_target)
+    assert row["step"] == 2 and row["grad_norm"] > 0 and "valid_loss" in row
+    assert not _checkpointing(tiny_target.model) and not tiny_target.model.training
+
+
+def test_gradient_checkpointing_is_refused_for_icae(tmp_path, tiny_target):
+    """ICAE switches its LoRA adapter off after encoding; a backward recompute would run without it."""
+    config = TrainConfig(method="icae", data_dir=str(tmp_path), out_dir=str(tmp_path / "run"),
+                         gradient_checkpointing=True)
+    with pytest.raises(ValueError, match="gradient_checkpointing is for IC-Former"):
+        train(config, target=tiny_target)
+
+
+@pytest.mark.slow
+def test_ddp_config_runs_one_step_on_two_cpu_processes(tmp_path, tiny_llm_dir):
+    """`accelerate launch --config_file configs/accelerate/ddp.yaml` for real: the MULTI_GPU
+    launcher is torchrun underneath, and accelerate falls back to gloo on CPU."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "ddp.yaml"),
+           "--num_processes", "2", "--main_process_port", str(_free_port()),
+           "-m", "icformer", "train", "--llm", str(tiny_llm_dir), "--data-dir", str(_data(tmp_path)),
+           "--out", str(out), "--num-digest-tokens", "4", "--chunk-size", "16", "--batch-size", "1",
+           "--grad-accum", "1", "--max-steps", "1", "--eval-every", "100", "--save-every", "100",
+           "--eval-samples", "1", "--digest-init-std", "0.02", "--gradient-checkpointing"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1] and log[0]["samples_seen"] == 2  # two ranks, one sample each
+    assert (out / "checkpoint-1" / "model" / "model.safetensors").is_file()
