@@ -97,7 +97,11 @@ _EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _
 
 
 def measure_flops(fn: Callable[[], Any]) -> tuple[int, Any]:
-    """(matmul FLOPs that `fn()` executed, its result), counted by FlopCounterMode."""
+    """(matmul FLOPs that `fn()` executed, its result), counted by FlopCounterMode.
+
+    Run it on frozen models (as ContextCompressor keeps them): under no_grad, the counter's
+    module tracker fails on views of parameters that still require grad.
+    """
     with FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
         result = fn()
     return counter.get_total_flops(), result
