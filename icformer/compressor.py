@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -249,14 +250,19 @@ class ContextCompressor:
         return self._generate(ctx, layout, SamplingOptions(**sampling), streamer)
 
     def reconstruct(
-        self, context: CompressedContext | str | bytes, *, method: str | None = None, **sampling: Any
+        self,
+        context: CompressedContext | str | bytes,
+        *,
+        method: str | None = None,
+        streamer: Any | None = None,
+        **sampling: Any,
     ) -> Answer:
         """Decode the vectors back into text (the autoencoding task the compressor pre-trains on)."""
         ctx = self._as_context(context, method)
         if ctx.method == "full":
             raise ValueError("the full-context method keeps the text itself; there is nothing to reconstruct")
         sampling.setdefault("max_new_tokens", ctx.num_tokens + 16)
-        return self._generate(ctx, reconstruction_layout(self.tokenizer), SamplingOptions(**sampling), None)
+        return self._generate(ctx, reconstruction_layout(self.tokenizer), SamplingOptions(**sampling), streamer)
 
     def _generate(self, ctx: CompressedContext, layout, options: SamplingOptions, streamer) -> Answer:
         model = self._compressor(ctx.method)
@@ -284,8 +290,4 @@ class ContextCompressor:
 
     def _decoder(self):
         """The LLM decodes with any ICAE adapter switched off (it only encodes)."""
-        if self.icae is not None:
-            return self.icae.adapter_disabled()
-        from contextlib import nullcontext
-
-        return nullcontext()
+        return self.icae.adapter_disabled() if self.icae is not None else nullcontext()
