@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import threading
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,13 +28,20 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .llm import TargetLLM
-from .modeling_icformer import CONFIG_NAME, WEIGHTS_NAME, ICFormerModel, chunk_bounds, read_checkpoint_metadata
+from .modeling_icformer import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    ChunkedCompressorConfig,
+    ICFormerModel,
+    chunk_bounds,
+    read_checkpoint_metadata,
+)
 
 ADAPTER_NAME = "icae"
 
 
 @dataclass
-class ICAEConfig:
+class ICAEConfig(ChunkedCompressorConfig):
     """ICAE's shape; defaults follow the ICAE code (k=128 per 512 tokens, LoRA r=128, alpha 32)."""
 
     hidden_size: int = 4096
@@ -50,14 +57,6 @@ class ICAEConfig:
     task_names: list[str] = field(default_factory=lambda: ["AE", "LM", "FT"])
     # ICAE keeps memory and task tokens in an nn.Embedding, whose default init is N(0, 1).
     init_std: float = 1.0
-
-    @property
-    def k(self) -> int:
-        return self.num_digest_tokens
-
-    @property
-    def L(self) -> int:  # noqa: N802 - the paper's symbol
-        return self.chunk_size
 
     def __post_init__(self) -> None:
         if self.num_digest_tokens < 1 or self.chunk_size < 1 or self.lora_r < 1:
@@ -75,14 +74,6 @@ class ICAEConfig:
             chunk_size=chunk_size,
             **overrides,
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ICAEConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 class ICAEModel(nn.Module):

@@ -38,8 +38,28 @@ WEIGHTS_NAME = "model.safetensors"
 # --------------------------------------------------------------------------- config
 
 
+class ChunkedCompressorConfig:
+    """What IC-Former and ICAE configs share: k vectors per chunk of L tokens, JSON round trip."""
+
+    @property
+    def k(self) -> int:
+        return self.num_digest_tokens
+
+    @property
+    def L(self) -> int:  # noqa: N802 - the paper's symbol
+        return self.chunk_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
 @dataclass
-class ICFormerConfig:
+class ICFormerConfig(ChunkedCompressorConfig):
     """Shape and initialisation of an IC-Former; sizes default to the paper's Llama-2-7B."""
 
     hidden_size: int = 4096
@@ -57,14 +77,6 @@ class ICFormerConfig:
     digest_init_std: float = 0.0
     output_norm_init: float = 1.0
     task_names: list[str] = field(default_factory=lambda: ["AE", "FT"])
-
-    @property
-    def k(self) -> int:
-        return self.num_digest_tokens
-
-    @property
-    def L(self) -> int:  # noqa: N802 - the paper's symbol
-        return self.chunk_size
 
     @property
     def head_dim(self) -> int:
@@ -90,14 +102,6 @@ class ICFormerConfig:
         )
         values.update(overrides)
         return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ICFormerConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 # --------------------------------------------------------------------------- chunking
