@@ -67,6 +67,12 @@ Training keeps the LLM frozen: pre-training teaches the digests to reconstruct t
 (the *Reconstruct* tab), fine-tuning teaches them to answer prompts about it (the *Ask* column).
 """
 
+PROFILE_CHOICE_HTML = (
+    "The model profile is chosen when the app starts, with <code>python app.py --profile NAME</code> or "
+    "<code>ICFORMER_PROFILE=NAME</code>. Every visitor shares one copy of the model, so it cannot be "
+    "switched from this page."
+)
+
 LIMITATIONS_MD = """
 ### Limitations of this demo
 

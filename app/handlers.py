@@ -26,10 +26,11 @@ import pandas as pd
 from transformers.generation import BaseStreamer
 
 from . import charts, speed
+from .about import PROFILE_CHOICE_HTML
 from .examples import Example
 from .presentation import (
     banner, device_label, esc, fmt_count, fmt_flops, fmt_ratio, fmt_seconds, label, memory_label,
-    speedup_html, table_html, timing_card, tokens_to_vectors, word_diff,
+    profiles_table, speedup_html, table_html, timing_card, tokens_to_vectors, word_diff,
 )
 from .results import (
     QA_METRICS, filter_samples, load_bench_meta, load_bench_results, load_results, order_methods, sample_score,
@@ -237,13 +238,16 @@ class Handlers:
         if svc.state == "error":
             return banner("error", f"<b>The model failed to load:</b> {esc(svc.error)}")
         info = svc.info
+        profile = f"profile <b>{esc(info.profile)}</b>, " if info.profile else ""
         parts = [
-            f"<b>Ready</b>: {esc(info.llm)} on <b>{esc(device_label(info.device))}</b> ({esc(info.dtype)}), "
+            f"<b>Ready</b>: {profile}{esc(info.llm)} on <b>{esc(device_label(info.device))}</b> ({esc(info.dtype)}), "
             f"methods: {esc(', '.join(label(m) for m in info.methods))}."
         ]
         if "icae" not in info.methods:
             parts.append(" ICAE is not loaded (no checkpoint), so only IC-Former and the full context are compared.")
         html = banner("ok", "".join(parts))
+        if info.profile_fallback:
+            html += self._fallback_banner(info)
         if info.untrained:
             which = " and ".join(label(m) for m in info.untrained)
             html += banner(
@@ -252,6 +256,16 @@ class Handlers:
                 "until finished checkpoints land in <code>assets/checkpoints/</code>. Timings, FLOPs and memory are real.",
             )
         return html
+
+    @staticmethod
+    def _fallback_banner(info) -> str:
+        """Why the profile asked for at launch is not the one running, and how to choose."""
+        reason = esc(info.profile_fallback).replace("\n", "<br>")
+        return banner(
+            "warn",
+            f"<b>Profile {esc(info.requested_profile)} is not available here.</b><br>{reason}<br>"
+            f"{PROFILE_CHOICE_HTML} The About tab lists every profile and what it is missing.",
+        )
 
     def status(self) -> dict:
         """JSON for the api: state, and the loaded model when ready."""
@@ -264,6 +278,8 @@ class Handlers:
             out.update(
                 llm=info.llm, llm_hash=info.llm_hash, device=info.device, dtype=info.dtype, methods=info.methods,
                 compressors=info.compressors, untrained=info.untrained, load_seconds=round(info.load_seconds, 2),
+                profile=info.profile, requested_profile=info.requested_profile,
+                profile_fallback=info.profile_fallback,
             )
         return out
 
@@ -271,8 +287,11 @@ class Handlers:
         info = self.service.info
         if info is None:
             return f"*Model state: {self.service.state}.*" + (f" Error: `{self.service.error}`" if self.service.error else "")
-        lines = [
-            "| Component | Details |", "|---|---|",
+        lines = ["| Component | Details |", "|---|---|"]
+        if info.profile:
+            asked = f" (asked for: {info.requested_profile}, not available)" if info.profile_fallback else ""
+            lines.append(f"| Profile | {info.profile}{asked}; chosen at launch, see Model profiles below |")
+        lines += [
             f"| Target LLM (frozen) | {info.llm} — hidden size {info.hidden_size}, {info.num_layers} layers |",
             f"| LLM weights fingerprint | `{info.llm_hash[:16]}…` |",
             f"| Device / dtype | {device_label(info.device)} / {info.dtype} |",
@@ -285,6 +304,17 @@ class Handlers:
             lines.append("| ICAE | not loaded (no checkpoint in `assets/checkpoints/icae/`) |")
         lines.append(f"| Load time | {info.load_seconds:.1f} s |")
         return "\n".join(lines)
+
+    def profiles_html(self) -> str:
+        """The About tab's profile table, with how a profile is chosen (at launch, for everyone)."""
+        from icformer.profiles import list_profiles
+
+        info = self.service.info
+        loaded = info.profile if info else None
+        requested = info.requested_profile if info else None
+        note = self._fallback_banner(info) if info and info.profile_fallback else ""
+        return (f"<p class='icf-muted'>{PROFILE_CHOICE_HTML}</p>{note}"
+                f"{profiles_table(list_profiles(), loaded=loaded, requested=requested)}")
 
     # ------------------------------------------------------------------ examples
 

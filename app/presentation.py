@@ -152,6 +152,25 @@ def table_html(headers: Iterable[str], rows: Iterable[Iterable[object]]) -> str:
     return f'<table class="icf-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def profiles_table(rows: list[dict], loaded: str | None, requested: str | None) -> str:
+    """`icformer.profiles.list_profiles()` as a table: each profile's setting, whether this
+    machine has it, what it lacks, and which one this app loaded (or was asked for)."""
+    from icformer.profiles import availability
+
+    def state(row: dict) -> str:
+        if row["name"] == loaded:
+            return "loaded (in use)"
+        if row["name"] == requested:
+            return f"requested, not loaded: {availability(row)}"
+        return availability(row)
+
+    return table_html(
+        ["Profile", "Setting", "LLM", "k per L tokens", "Status", "Missing"],
+        [[row["name"], row["description"], row["llm"], f"{row['k']} per {row['L']}", state(row),
+          "; ".join(row["missing"]) or "–"] for row in rows],
+    )
+
+
 # ---------------------------------------------------------------------- diff
 
 _WORD = re.compile(r"\S+")

@@ -21,24 +21,41 @@ from typing import Callable, Iterator
 
 log = logging.getLogger(__name__)
 
-CompressorFactory = Callable[[], "object"]  # returns an icformer.ContextCompressor
+CompressorFactory = Callable[[], "object"]  # returns an icformer.ContextCompressor or a LoadedModel
 
 
-def default_factory(device: str | None = None) -> CompressorFactory:
-    """The profile named by $ICFORMER_PROFILE (default: the embedded SmolLM2 with assets/
-    checkpoints); a profile whose files are missing falls back to the embedded one."""
+@dataclass
+class LoadedModel:
+    """A compressor together with the profile it came from, so the UI can say which one runs
+    and why it is not the one that was asked for. Factories may return a bare compressor."""
 
-    def build():
+    compressor: object
+    profile: str | None = None  # the profile loaded; None: a factory that uses no profile
+    requested_profile: str | None = None
+    fallback: str | None = None  # why requested_profile was not loaded
+
+
+def default_factory(device: str | None = None, profile: str | None = None,
+                    fallback: str | None = None) -> CompressorFactory:
+    """The named profile (None: $ICFORMER_PROFILE, else the embedded SmolLM2 with assets/
+    checkpoints); one that cannot be loaded falls back to `fallback` (None: the embedded one).
+
+    The choice is made once, at launch: every visitor shares this one model.
+    """
+
+    def build() -> LoadedModel:
         from icformer import UntrainedWarning
-        from icformer.profiles import load_profile_or_fallback
+        from icformer.profiles import DEFAULT_PROFILE, load_profile_or_fallback, resolve_profile_name
 
+        requested, instead = resolve_profile_name(profile), fallback or DEFAULT_PROFILE
         with warnings.catch_warnings():
             # The UI shows its own banner for untrained weights.
             warnings.simplefilter("ignore", UntrainedWarning)
-            compressor, fallback_reason = load_profile_or_fallback(None, device=device)
-        if fallback_reason:
-            log.warning("%s", fallback_reason)
-        return compressor
+            compressor, reason = load_profile_or_fallback(requested, fallback=instead, device=device)
+        if reason:
+            log.warning("%s", reason)
+        loaded = instead if reason else requested
+        return LoadedModel(compressor, profile=loaded, requested_profile=requested, fallback=reason)
 
     return build
 
@@ -56,6 +73,9 @@ class ModelInfo:
     methods: list[str] = field(default_factory=list)
     compressors: dict[str, dict] = field(default_factory=dict)  # method -> {k, L, trained, params}
     load_seconds: float = 0.0
+    profile: str | None = None  # see LoadedModel
+    requested_profile: str | None = None
+    profile_fallback: str | None = None
 
     @property
     def untrained(self) -> list[str]:
@@ -125,11 +145,16 @@ class ModelService:
                 return self._compressor
             self._state, self._error, self._started = "loading", None, time.perf_counter()
             try:
-                cc = self._factory()
+                loaded = self._factory()
+                if not isinstance(loaded, LoadedModel):
+                    loaded = LoadedModel(loaded)
+                cc = loaded.compressor
                 if self._warm_up:
                     self._warm(cc)
                 info = describe(cc)
                 info.load_seconds = time.perf_counter() - self._started
+                info.profile, info.requested_profile = loaded.profile, loaded.requested_profile
+                info.profile_fallback = loaded.fallback
             except Exception as err:
                 log.exception("loading the compressor failed")
                 self._state, self._error = "error", f"{type(err).__name__}: {err}"

@@ -20,7 +20,8 @@ api_name            inputs                                                     o
 /sample             sample_id                                                  context, question,
                                                                                reference, 3 answers, json
 /example            example title                                              context, 3 questions, source
-/status             —                                                          model status json
+/status             —                                                          model status json (profile
+                                                                               loaded, asked for, fallback)
 ==================  =========================================================  ===========================
 
 Every session keeps its compressed contexts in its own ``gr.State``; the model is shared
@@ -265,6 +266,8 @@ def build_demo(
                 gr.HTML(about.DIAGRAM_SVG)
                 gr.Markdown("### What is loaded")
                 about_model = gr.Markdown(h.model_markdown())
+                gr.Markdown("### Model profiles")
+                about_profiles = gr.HTML(h.profiles_html(), elem_id="icf-profiles")
                 gr.Markdown(about.LIMITATIONS_MD)
                 gr.Markdown(about.CITATIONS_MD)
 
@@ -287,10 +290,11 @@ def build_demo(
 
         def tick():
             done = service.state in ("ready", "error")
-            return h.status_banner(), h.model_markdown(), gr.Timer(active=not done)
+            return h.status_banner(), h.model_markdown(), h.profiles_html(), gr.Timer(active=not done)
 
-        timer.tick(tick, None, [status, about_model, timer], queue=False, **private)
-        demo.load(tick, None, [status, about_model, timer], queue=False, **private)
+        status_outputs = [status, about_model, about_profiles, timer]
+        timer.tick(tick, None, status_outputs, queue=False, **private)
+        demo.load(tick, None, status_outputs, queue=False, **private)
         gr.api(h.status, api_name="status")
 
         example.change(h.pick_example, example, [context, *q_buttons, source], api_name="example")

@@ -301,15 +301,21 @@ class ICFormerModel(nn.Module):
 
     # ----------------------------------------------------------------------- persistence
 
-    def save_pretrained(self, directory: str | Path, *, trained: bool | None = None, **record: Any) -> Path:
-        """Write config.json and model.safetensors (digest and task vectors included)."""
+    def save_pretrained(self, directory: str | Path, *, state_dict: dict[str, torch.Tensor] | None = None,
+                        trained: bool | None = None, **record: Any) -> Path:
+        """Write config.json and model.safetensors (digest and task vectors included).
+
+        `state_dict`: this model's weights gathered elsewhere (a sharded training run, whose
+        own parameters are only shards); by default, the module's own.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {"method": self.method, **self.config.to_dict()}
         (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         trained = self.trained if trained is None else trained
         metadata = {"method": self.method, "trained": json.dumps(bool(trained)), "record": json.dumps(record)}
-        state = {name: t.detach().contiguous().cpu() for name, t in self.state_dict().items()}
+        weights = self.state_dict() if state_dict is None else state_dict
+        state = {name: t.detach().contiguous().cpu() for name, t in weights.items()}
         save_file(state, str(directory / WEIGHTS_NAME), metadata=metadata)
         return directory
 

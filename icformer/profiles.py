@@ -242,6 +242,13 @@ def list_profiles() -> list[dict[str, Any]]:
     return rows
 
 
+def availability(row: dict[str, Any]) -> str:
+    """One `list_profiles()` row's state in words (the CLI and the app say it the same way)."""
+    if not row["available"]:
+        return "missing files"
+    return "will download the LLM" if row["needs_download"] else "available"
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -324,10 +331,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for row in rows:
         mark = "*" if row["default"] else " "
-        state = "available" if row["available"] else "missing files"
-        if row["available"] and row["needs_download"]:
-            state = "will download the LLM"
-        print(f"{mark} {row['name']:<10} {state:<22} {row['description']}")
+        print(f"{mark} {row['name']:<10} {availability(row):<22} {row['description']}")
         for missing in row["missing"]:
             print(f"      missing: {missing}")
     print(f"\n* = selected (--profile NAME or ${PROFILE_ENV}; default {DEFAULT_PROFILE!r})")
@@ -339,6 +343,7 @@ __all__ = [
     "PROFILE_ENV",
     "Profile",
     "ProfileUnavailable",
+    "availability",
     "check_profile",
     "get_profile",
     "list_profiles",

@@ -1,9 +1,11 @@
 """`python -m icformer train`: pre-train or fine-tune IC-Former / ICAE on `accelerate`.
 
-Runs on CPU, one GPU, or many (`accelerate launch`, configs in configs/accelerate/). The
-target LLM stays frozen. Every random choice of a sample is a pure function of
-(seed, sample index), so `--resume` continues bit-exactly from the last checkpoint:
-weights (safetensors), optimizer, scheduler and RNG state, and the step counter.
+Runs on CPU, one GPU, or many (`accelerate launch`, configs in configs/accelerate/: DDP,
+FSDP, DeepSpeed ZeRO-2). The target LLM stays frozen. Every random choice of a sample is a
+pure function of (seed, sample index), so `--resume` continues bit-exactly from the last
+checkpoint: weights (safetensors), optimizer, scheduler and RNG state, and the step counter.
+Accumulation, clipping and gathering sharded weights are left to accelerate, so that the
+same loop is right under every backend.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import random
 import shutil
 import signal
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -195,14 +196,23 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(out_dir: Path, step: int, compressor, optimizer, scheduler, config: TrainConfig,
-                    record: dict, keep: int = 2) -> Path:
-    """Weights in safetensors; optimizer/scheduler/RNG with torch.save (read back weights_only)."""
+def save_checkpoint(accelerator, out_dir: Path, step: int, objective, optimizer, scheduler,
+                    config: TrainConfig, record: dict, keep: int = 2) -> Path | None:
+    """Gather on every rank (collective under FSDP), write on the main one.
+
+    Weights go to safetensors in the compressor's own format; optimizer/scheduler/RNG state
+    with torch.save (read back weights_only).
+    """
+    weights = compressor_state_dict(accelerator, objective)
+    optimizer_state = full_optimizer_state(accelerator, objective, optimizer)
+    if not accelerator.is_main_process:
+        return None
     path = out_dir / f"checkpoint-{step}"
     tmp = out_dir / f".tmp-checkpoint-{step}"
-    compressor.save_pretrained(tmp / "model", trained=step >= config.max_steps, **record)
+    compressor = accelerator.unwrap_model(objective).compressor
+    compressor.save_pretrained(tmp / "model", state_dict=weights, trained=step >= config.max_steps, **record)
     torch.save(
-        {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        {"step": step, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
          "torch_rng": torch.get_rng_state(), "config": asdict(config)},
         tmp / STATE_NAME,
     )
@@ -214,17 +224,75 @@ def save_checkpoint(out_dir: Path, step: int, compressor, optimizer, scheduler, 
     return path
 
 
-def load_state(path: Path, compressor, optimizer, scheduler) -> int:
+def compressor_state_dict(accelerator, objective) -> dict[str, torch.Tensor]:
+    """The compressor's full weights, however accelerate wrapped or sharded the objective.
+
+    Under FSDP this gathers the whole objective (frozen LLM included) to the main process's
+    CPU, the price of asking accelerate rather than reaching into shards; other ranks get {}.
+    """
+    prefix = "compressor."
+    full = accelerator.get_state_dict(objective)
+    return {name[len(prefix):]: tensor for name, tensor in full.items() if name.startswith(prefix)}
+
+
+def full_optimizer_state(accelerator, objective, optimizer) -> dict | None:
+    """The optimizer state as one plain dict of tensors, gathered where FSDP shards it.
+
+    None under DeepSpeed: ZeRO partitions the state per rank in its own format, so resuming
+    there is refused (see `restore_trainer_state`).
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return None
+    if accelerator.distributed_type == DistributedType.FSDP:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(objective, optimizer.optimizer, options=options)
+    return optimizer.state_dict()
+
+
+def load_weights(path: Path, compressor) -> None:
+    """Checkpoint weights into the plain compressor, before accelerate wraps or shards it."""
     from safetensors.torch import load_file
 
-    weights = load_file(str(path / "model" / "model.safetensors"))
-    own = getattr(compressor, "load_trainable_state", None)
-    (own or (lambda sd: compressor.load_state_dict(sd)))(weights)
-    state = torch.load(path / STATE_NAME, weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
+    compressor.load_state_dict(load_file(str(path / "model" / "model.safetensors")))
+
+
+def restore_trainer_state(path: Path, accelerator, objective, optimizer, scheduler) -> int:
+    """Optimizer, scheduler and RNG state after `prepare` (FSDP re-shards the optimizer state
+    onto its own parameters); returns the step to continue from."""
+    from accelerate.utils import DistributedType
+
+    state = torch.load(path / STATE_NAME, weights_only=True, mmap=True)
+    if state["optimizer"] is None or accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise NotImplementedError(
+            f"{path} cannot be resumed here: DeepSpeed partitions the optimizer state per rank and this "
+            "trainer does not save it; start a new run from the weights with --init-from "
+            f"{path / 'model'}, or resume under DDP/FSDP from a checkpoint written there"
+        )
+    if accelerator.distributed_type == DistributedType.FSDP:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(objective, optimizer.optimizer, state["optimizer"], options=options)
+    else:
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     return int(state["step"])
+
+
+def configure_deepspeed(plugin, config: TrainConfig) -> None:
+    """Fill what DeepSpeed would otherwise infer from a DataLoader, which this loop has none of.
+
+    `--clip` and `--grad-accum` win over the accelerate config, so that every backend trains
+    the same schedule.
+    """
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
+    plugin.deepspeed_config["gradient_accumulation_steps"] = config.grad_accum
+    plugin.deepspeed_config["gradient_clipping"] = config.clip
 
 
 # --------------------------------------------------------------------------- loop
@@ -251,6 +319,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     `stop_after` ends the run early at that step with a checkpoint, as an interruption would.
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import DistributedType
     from tqdm.auto import tqdm
 
     from .llm import load_llm
@@ -260,7 +329,10 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         precision = "bf16" if torch.cuda.is_available() else "no"
     # ICAE mixes AE and LM samples, so a micro-batch may leave the [LM] vector unused.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=config.method == "icae")
-    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(),
+                              gradient_accumulation_steps=config.grad_accum, kwargs_handlers=[ddp])
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        configure_deepspeed(accelerator.state.deepspeed_plugin, config)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.gradient_checkpointing and config.method != "icformer":
@@ -277,8 +349,13 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     step = 0
     checkpoint = latest_checkpoint(out_dir) if resume else None
     if checkpoint is not None:
-        step = load_state(checkpoint, compressor, optimizer, scheduler)
+        load_weights(checkpoint, compressor)
     objective, optimizer = accelerator.prepare(objective, optimizer)
+    if accelerator.gradient_accumulation_steps != config.grad_accum:  # e.g. set in an accelerate config
+        raise ValueError(f"accelerate accumulates {accelerator.gradient_accumulation_steps} micro-batches per "
+                         f"step but --grad-accum is {config.grad_accum}; set it in one place")
+    if checkpoint is not None:
+        step = restore_trainer_state(checkpoint, accelerator, objective, optimizer, scheduler)
 
     train_stream = SampleStream(load_rows(config, "train"), target.tokenizer, config)
     valid_rows = load_rows(config, "valid")[: config.eval_samples]
@@ -289,29 +366,36 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
 
     world, rank = accelerator.num_processes, accelerator.process_index
     per_step = config.batch_size * config.grad_accum * world
-    stop, row, started = _StopFlag(), {}, time.perf_counter()
+    stop, stopping, row, started = _StopFlag(), False, {}, time.perf_counter()
     bar = tqdm(total=config.max_steps, initial=step, disable=not accelerator.is_main_process, desc="train")
     undo_checkpointing = checkpoint_llm(target.model) if config.gradient_checkpointing else (lambda: None)
     try:
-        while step < config.max_steps and not stop.raised:
+        while step < config.max_steps and not stopping:
             tick, tokens, losses = time.perf_counter(), 0, []
             for micro in range(config.grad_accum):
                 first = step * per_step + (micro * world + rank) * config.batch_size
                 examples = train_stream.batch(first, config.batch_size)
-                sync = micro == config.grad_accum - 1
-                with (accelerator.no_sync(objective) if not sync and world > 1 else nullcontext()):
-                    loss, count = objective(examples)
-                    accelerator.backward(loss / config.grad_accum)
+                # Gradients sync (DDP/FSDP) or DeepSpeed steps on the last micro-batch only;
+                # backward divides the loss by the number of micro-batches.
+                with accelerator.accumulate(objective):
+                    loss, _ = objective(examples)
+                    accelerator.backward(loss)
                 losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
                 tokens += sum(len(e.context_ids) + len(e.target_ids) for e in examples)
-            grad_norm = accelerator.clip_grad_norm_(trainable_parameters(compressor), config.clip)
+            # The whole objective: frozen weights have no gradient, and FSDP clips across shards
+            # only when given its own module's parameters. DeepSpeed clips by itself; accelerate
+            # just reports its norm there, which may be None.
+            grad_norm = accelerator.clip_grad_norm_(objective.parameters(), config.clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if stop.raised:
+                accelerator.set_trigger()
+            stopping = accelerator.check_trigger()  # every rank stops (and saves) at the same step
             seconds = time.perf_counter() - tick
             row = {"step": step, "loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
-                   "grad_norm": float(grad_norm), "samples_seen": step * per_step,
+                   "grad_norm": None if grad_norm is None else float(grad_norm), "samples_seen": step * per_step,
                    "tokens_per_s": tokens * world / seconds, "step_s": seconds,
                    "elapsed_s": time.perf_counter() - started}
             if valid_stream is not None and (step % config.eval_every == 0 or step == config.max_steps):
@@ -321,9 +405,10 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
             if accelerator.is_main_process:
                 with log_path.open("a") as log:
                     log.write(json.dumps(row) + "\n")
-            done = step == config.max_steps or stop.raised or step == stop_after
-            if accelerator.is_main_process and (step % config.save_every == 0 or done):
-                save_checkpoint(out_dir, step, compressor, optimizer, scheduler, config, _record(row, config))
+            done = step == config.max_steps or stopping or step == stop_after
+            if step % config.save_every == 0 or done:
+                save_checkpoint(accelerator, out_dir, step, objective, optimizer, scheduler, config,
+                                _record(row, config))
             if step == stop_after:
                 break
         accelerator.wait_for_everyone()
@@ -357,11 +442,17 @@ def checkpoint_llm(model):
 
 
 def evaluate_loss(objective, stream: SampleStream, n: int) -> float:
-    """Mean validation loss on a fixed set of samples (same samples every time)."""
+    """Mean validation loss on a fixed set of samples (same samples every time).
+
+    Each module's mode is put back as it was: `objective.train()` would also switch the
+    frozen LLM into training mode.
+    """
+    modes = [(module, module.training) for module in objective.modules()]
     objective.eval()
     with torch.no_grad():
         losses = [objective([stream.example(i)])[0].item() for i in range(n)]
-    objective.train()
+    for module, training in modes:
+        module.training = training
     return sum(losses) / len(losses)
 
 

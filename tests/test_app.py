@@ -23,7 +23,7 @@ from app.examples import load_examples
 from app.handlers import Handlers, check_text
 from app.presentation import word_diff
 from app.results import filter_samples, load_results
-from app.service import ModelService
+from app.service import ModelService, default_factory
 from icformer import CompressedContext, ContextCompressor, UntrainedWarning
 from icformer.llm import load_llm
 
@@ -175,6 +175,14 @@ def test_status(client, cc):
     status = client.predict(api_name="/status")
     assert status["state"] == "ready" and status["device"] == "cpu"
     assert status["methods"] == cc.methods() and "icformer" in status["untrained"]
+
+
+def test_about_tab_lists_every_profile_and_how_one_is_chosen(served):
+    demo = served[0]
+    props = [c.get("props", {}) for c in demo.config["components"]]
+    [table] = [p["value"] for p in props if p.get("elem_id") == "icf-profiles"]
+    assert "<table" in table and ">embedded<" in table and ">paper<" in table
+    assert "--profile NAME" in table and "ICFORMER_PROFILE" in table and "cannot be" in table  # launch-time only
 
 
 def test_example_fills_context_and_questions(client):
@@ -358,6 +366,54 @@ def test_a_model_that_fails_to_load_is_reported_not_raised():
     with pytest.raises(gr.Error, match="could not be loaded: OSError: no weights here"):
         h.compress(STORY, None)
     assert "failed to load" in h.status_banner() and h.status()["state"] == "error"
+
+
+@pytest.fixture
+def unavailable_paper_profile(monkeypatch, tiny_llm_dir):
+    """'paper' has none of its files here; a tiny registered profile stands in for the embedded one."""
+    from icformer import profiles
+
+    for name in ("ICFORMER_PROFILE", "ICFORMER_PAPER_LLM", "ICFORMER_PAPER_CHECKPOINTS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(profiles, "_in_hf_cache", lambda repo_id: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub counts as unreachable: no network probe
+    tiny = profiles.register_profile(profiles.Profile(
+        name="tiny-app", description="the tiny test Llama", llm=str(tiny_llm_dir),
+        num_digest_tokens=TINY_K, chunk_size=TINY_L, require_checkpoint=False))
+    yield tiny.name
+    profiles.unregister_profile(tiny.name)
+
+
+def test_a_profile_that_cannot_load_falls_back_and_says_why(unavailable_paper_profile, results_dir):
+    factory = default_factory("cpu", "paper", fallback=unavailable_paper_profile)
+    demo = build_demo(factory, results_dir=results_dir, warm_up=False)
+    service = demo.icformer_service
+    service.get()
+    url = launch(demo)
+    try:
+        status = Client(url, verbose=False).predict(api_name="/status")
+    finally:
+        demo.close()
+    assert status["state"] == "ready" and status["requested_profile"] == "paper"
+    assert status["profile"] == "tiny-app" and "ICFORMER_PAPER_CHECKPOINTS" in status["profile_fallback"]
+    assert "Using the 'tiny-app' profile instead" in status["profile_fallback"]
+    h = Handlers(service, [], results_dir)
+    banner = h.status_banner()
+    assert "profile <b>tiny-app</b>" in banner and "Profile paper is not available here" in banner
+    assert "ICFORMER_PAPER_CHECKPOINTS" in banner and "--profile NAME" in banner
+    about = h.profiles_html()
+    assert "loaded (in use)" in about and "requested, not loaded: missing files" in about
+    assert "asked for: paper" in h.model_markdown()
+
+
+def test_app_takes_the_profile_at_launch(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("app_main", Path(__file__).resolve().parent.parent / "app.py")
+    app_main = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app_main)
+    assert app_main.parse_args(["--profile", "paper"]).profile == "paper"
+    assert app_main.parse_args([]).profile is None  # then $ICFORMER_PROFILE, else embedded
 
 
 def test_results_loader_and_filter(results_dir):

@@ -2,9 +2,9 @@
 
 The configs are checked with accelerate's own machinery: its config classes (unknown keys
 fail), its launch parser (every backend key must be a real launch option), its launch
-environment builders, and the FSDP / DeepSpeed plugins that read that environment. DDP also
-runs for real: `accelerate launch` with ddp.yaml, two CPU processes (gloo), one step.
-DeepSpeed itself is not installed here; nothing below needs it.
+environment builders, and the FSDP / DeepSpeed plugins that read that environment. DDP and
+FSDP also run for real: `accelerate launch` with ddp.yaml / fsdp.yaml on two CPU processes
+(gloo). DeepSpeed itself is not installed here; nothing below needs it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,9 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from icformer.objectives import CompressionObjective, autoencoding_example
-from icformer.train import TrainConfig, checkpoint_llm, train
+from icformer.train import STATE_NAME, TrainConfig, checkpoint_llm, configure_deepspeed, restore_trainer_state, train
 
 from .conftest import make_tiny_icformer
 
@@ -124,6 +126,34 @@ def test_launch_command_line_builds(name, monkeypatch):
     assert config.gradient_checkpointing is True
 
 
+def test_deepspeed_gets_batch_accumulation_and_clipping_before_prepare(monkeypatch):
+    """Without a DataLoader, accelerate's DeepSpeed prepare needs the micro-batch size set;
+    --grad-accum and --clip must reach DeepSpeed, which accumulates and clips by itself."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    for key, value in _launch_env(_launch_args("deepspeed-zero2")).items():
+        if key.startswith("ACCELERATE_"):
+            monkeypatch.setenv(key, value)
+    plugin = DeepSpeedPlugin()
+    assert plugin.is_auto("train_micro_batch_size_per_gpu")  # what prepare() would refuse
+    configure_deepspeed(plugin, TrainConfig(batch_size=2, grad_accum=8, clip=1.5))
+    assert not plugin.is_auto("train_micro_batch_size_per_gpu")
+    assert plugin.get_value("train_micro_batch_size_per_gpu") == 2
+    assert plugin.get_value("gradient_accumulation_steps") == 8 and plugin.get_value("gradient_clipping") == 1.5
+    assert plugin.get_value("zero_optimization.stage") == 2
+
+
+def test_resume_is_refused_where_deepspeed_left_no_optimizer_state(tmp_path):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    torch.save({"step": 3, "optimizer": None}, tmp_path / STATE_NAME)
+    accelerator = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED)
+    with pytest.raises(NotImplementedError, match="--init-from"):
+        restore_trainer_state(tmp_path, accelerator, None, None, None)
+
+
 def test_train_cli_has_a_boolean_gradient_checkpointing_flag():
     from icformer.train import add_arguments
 
@@ -222,3 +252,75 @@ def test_ddp_config_runs_one_step_on_two_cpu_processes(tmp_path, tiny_llm_dir):
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1] and log[0]["samples_seen"] == 2  # two ranks, one sample each
     assert (out / "checkpoint-1" / "model" / "model.safetensors").is_file()
+
+
+# accelerate turns FSDP on only for accelerator devices (CUDA, XPU, ...): on CPU it silently
+# runs multi-CPU DDP instead. This entry point has it take the CPU for such a device (a gloo
+# process group, tensors on "cpu"), runs `python -m icformer` unchanged, and reports the backend.
+CPU_FSDP_ENTRY = """
+import os, runpy, sys
+import torch.distributed as dist
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType
+
+os.environ["ACCELERATE_TORCH_DEVICE"] = "cpu"
+PartialState._prepare_backend = lambda self, *args, **kwargs: ("gloo", DistributedType.MULTI_GPU)
+dist.init_process_group("gloo")
+sys.argv[0] = "icformer"
+try:
+    runpy.run_module("icformer", run_name="__main__", alter_sys=True)
+finally:
+    print("backend:", AcceleratorState().distributed_type.value, "fsdp2:", AcceleratorState().is_fsdp2)
+"""
+
+
+@pytest.mark.slow
+def test_fsdp_config_trains_on_two_cpu_processes_resumes_exactly_and_matches_one_process(tmp_path, tiny_llm_dir):
+    """configs/accelerate/fsdp.yaml (FSDP2) for real, fp32 on CPU: 2 ranks x batch 1 trains
+    what 1 rank x batch 2 trains, the saved weights are whole, and a resume from step 1
+    ends bit-exact with the run that went straight through."""
+    from safetensors.torch import load_file
+
+    from icformer import ICFormerModel
+    from icformer.llm import load_llm
+    from icformer.train import build_compressor
+
+    config = yaml.safe_load((CONFIGS / "fsdp.yaml").read_text())
+    config.update(mixed_precision="no", num_processes=2)  # bf16 is for the GPUs
+    (tmp_path / "fsdp-cpu.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "cpu_fsdp.py").write_text(CPU_FSDP_ENTRY)
+    data = _data(tmp_path)
+    common = ["train", "--llm", str(tiny_llm_dir), "--data-dir", str(data), "--num-digest-tokens", "4",
+              "--chunk-size", "16", "--grad-accum", "2", "--max-steps", "2", "--eval-every", "100",
+              "--save-every", "1", "--eval-samples", "1", "--digest-init-std", "0.02"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+    def fsdp(out: Path, *extra: str) -> None:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "fsdp-cpu.yaml"),
+               "--main_process_port", str(_free_port()), str(tmp_path / "cpu_fsdp.py"), *common,
+               "--out", str(out), "--batch-size", "1", "--gradient-checkpointing", *extra]
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("backend: FSDP fsdp2: True") == 2, done.stdout[-2000:]
+
+    fsdp(tmp_path / "fsdp")
+    (tmp_path / "resumed").mkdir()
+    shutil.copytree(tmp_path / "fsdp" / "checkpoint-1", tmp_path / "resumed" / "checkpoint-1")
+    fsdp(tmp_path / "resumed", "--resume")
+    one = subprocess.run([sys.executable, "-m", "icformer", *common, "--out", str(tmp_path / "one"),
+                          "--batch-size", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    weights = {run: load_file(str(tmp_path / run / "checkpoint-2" / "model" / "model.safetensors"))
+               for run in ("fsdp", "resumed", "one")}
+    init = build_compressor(TrainConfig(num_digest_tokens=4, chunk_size=16, digest_init_std=0.02),
+                            load_llm(str(tiny_llm_dir))).state_dict()
+    assert weights["fsdp"].keys() == weights["one"].keys() == init.keys()
+    assert all(weights["fsdp"][k].shape == init[k].shape for k in init)  # gathered, not one shard
+    for name in init:
+        assert torch.equal(weights["fsdp"][name], weights["resumed"][name]), name
+    moved = max((weights["one"][k] - init[k]).abs().max().item() for k in init)
+    apart = max((weights["one"][k] - weights["fsdp"][k]).abs().max().item() for k in init)
+    assert moved > 0 and apart < 1e-3 * moved
+    loaded = ICFormerModel.from_pretrained(tmp_path / "fsdp" / "checkpoint-2" / "model")
+    assert loaded.trained is True and loaded.config.num_digest_tokens == 4
