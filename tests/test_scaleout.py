@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -270,7 +271,8 @@ sys.argv[0] = "icformer"
 try:
     runpy.run_module("icformer", run_name="__main__", alter_sys=True)
 finally:
-    print("backend:", AcceleratorState().distributed_type.value, "fsdp2:", AcceleratorState().is_fsdp2)
+    state = AcceleratorState()  # one write() per rank: two ranks share the pipe, print() pieces interleave
+    os.write(1, f"rank {state.process_index} backend: {state.distributed_type.value} fsdp2: {state.is_fsdp2}\\n".encode())
 """
 
 
@@ -301,7 +303,8 @@ def test_fsdp_config_trains_on_two_cpu_processes_resumes_exactly_and_matches_one
                "--out", str(out), "--batch-size", "1", "--gradient-checkpointing", *extra]
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
-        assert done.stdout.count("backend: FSDP fsdp2: True") == 2, done.stdout[-2000:]
+        reports = sorted(re.findall(r"rank (\d) backend: FSDP fsdp2: True", done.stdout))
+        assert reports == ["0", "1"], done.stdout[-2000:]
 
     fsdp(tmp_path / "fsdp")
     (tmp_path / "resumed").mkdir()
