@@ -17,7 +17,6 @@ import argparse
 import csv
 import datetime as dt
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import torch
 from .compressor import ContextCompressor, encode
 from .flops import Flops, chunk_grid, icae_flops, icformer_flops, measure_flops
 from .prompts import assemble, question_layout
-from .timing import now, peak_memory_bytes, reset_peak_memory
+from .timing import cpu_name, now, peak_memory_bytes, reset_peak_memory
 
 DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096)
 DEFAULT_BATCH_SIZES = (1, 8)
@@ -216,15 +215,6 @@ def run_benchmark(
 # --------------------------------------------------------------------------- reporting
 
 
-def _cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def environment(cc: ContextCompressor) -> dict[str, Any]:
     """Where and with what the numbers were measured."""
     import transformers
@@ -240,7 +230,7 @@ def environment(cc: ContextCompressor) -> dict[str, Any]:
     return dict(
         date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         device=str(device),
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         dtype=str(cc.target.dtype).removeprefix("torch."),
         torch=torch.__version__,
         transformers=transformers.__version__,

@@ -38,7 +38,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import random
 import shlex
 import subprocess
@@ -51,6 +50,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
+
+from .timing import machine_description
 
 # --------------------------------------------------------------------------- the paper's numbers
 
@@ -662,28 +663,6 @@ def _git(*args: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (cuda)"
-    try:
-        import psutil
-
-        memory = f", {psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
-    except ImportError:  # pragma: no cover
-        memory = ""
-    return f"{_cpu_name()}, {os.cpu_count()} CPU cores{memory}"
 
 
 def default_command() -> str:

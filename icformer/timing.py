@@ -1,7 +1,10 @@
-"""Wall-clock timing that is honest on GPUs (synchronise before reading the clock)."""
+"""Wall-clock timing that is honest on GPUs (synchronise before reading the clock), and the
+machine a number was measured on."""
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -41,3 +44,21 @@ def peak_memory_bytes(device: torch.device | str) -> int:
     if torch.device(device).type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return int(psutil.Process().memory_info().rss)
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description(device: torch.device | str) -> str:
+    """The device in words, for result files and model cards: GPU name, or CPU, cores and RAM."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (cuda)"
+    return f"{cpu_name()}, {os.cpu_count()} CPU cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM"

@@ -31,6 +31,7 @@ from .objectives import (
     language_modelling_example,
     question_example,
 )
+from .timing import machine_description
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs" / "train"
 STATE_NAME = "trainer_state.pt"
@@ -408,7 +409,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
             done = step == config.max_steps or stopping or step == stop_after
             if step % config.save_every == 0 or done:
                 save_checkpoint(accelerator, out_dir, step, objective, optimizer, scheduler, config,
-                                _record(row, config))
+                                _record(row, config, accelerator.device))
             if step == stop_after:
                 break
         accelerator.wait_for_everyone()
@@ -456,9 +457,11 @@ def evaluate_loss(objective, stream: SampleStream, n: int) -> float:
     return sum(losses) / len(losses)
 
 
-def _record(row: dict, config: TrainConfig) -> dict:
+def _record(row: dict, config: TrainConfig, device: torch.device) -> dict:
+    """What a checkpoint says of its own making (the model card reads it)."""
     return {"stage": config.stage, "steps": row.get("step"), "samples_seen": row.get("samples_seen"),
-            "loss": row.get("loss"), "elapsed_s": row.get("elapsed_s")}
+            "loss": row.get("loss"), "elapsed_s": row.get("elapsed_s"), "machine": machine_description(device),
+            "torch": torch.__version__}
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny random Llama (built here, no download) behind the real loading code."""
 
+import json
 import warnings
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 from icformer import ContextCompressor, ICFormerConfig, ICFormerModel, UntrainedWarning
 from icformer.llm import load_llm
+from icformer.train import TrainConfig
 
 from .tiny import save_tiny_llm
 
@@ -35,3 +37,34 @@ def tiny_compressor(tiny_target):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UntrainedWarning)
         return ContextCompressor(tiny_target, make_tiny_icformer(tiny_target), max_context_tokens=512)
+
+
+TRAIN_PROSE = [
+    "It was a bright cold day in spring, and the clocks in the old tower were striking nine.",
+    "The river ran slowly past the mill, carrying leaves and small branches toward the sea.",
+    "A lamp burned in the window of the inn, and travellers stopped to warm their hands.",
+    "The fox waited at the edge of the field until the farmer had gone back inside.",
+]
+
+
+@pytest.fixture
+def train_data(tmp_path):
+    """Four made-up sentences as pre-training and instruction splits."""
+    d = tmp_path / "data"
+    d.mkdir()
+    write = lambda name, rows: (d / name).write_text("".join(json.dumps(r) + "\n" for r in rows))  # noqa: E731
+    write("pretrain_train.jsonl", [{"id": str(i), "text": t} for i, t in enumerate(TRAIN_PROSE[:3])])
+    write("pretrain_valid.jsonl", [{"id": "v", "text": TRAIN_PROSE[3]}])
+    qa = [{"input": t, "prompt": "Where?", "answer": t.split()[-1]} for t in TRAIN_PROSE]
+    write("instruct_train.jsonl", qa[:3])
+    write("instruct_test.jsonl", qa[3:])
+    return d
+
+
+def tiny_train_config(tmp_path, data_dir, **overrides) -> TrainConfig:
+    """A training run on the tiny Llama that finishes in about a second."""
+    values = dict(data_dir=str(data_dir), out_dir=str(tmp_path / "run"), num_digest_tokens=4, chunk_size=16,
+                  lr=3e-3, batch_size=2, grad_accum=2, max_steps=4, eval_every=2, eval_samples=1, save_every=2,
+                  digest_init_std=0.02)
+    values.update(overrides)
+    return TrainConfig(**values)

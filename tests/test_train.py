@@ -8,34 +8,7 @@ from safetensors.torch import load_file
 
 from icformer.train import TrainConfig, train
 
-PROSE = [
-    "It was a bright cold day in spring, and the clocks in the old tower were striking nine.",
-    "The river ran slowly past the mill, carrying leaves and small branches toward the sea.",
-    "A lamp burned in the window of the inn, and travellers stopped to warm their hands.",
-    "The fox waited at the edge of the field until the farmer had gone back inside.",
-]
-
-
-@pytest.fixture
-def data_dir(tmp_path):
-    d = tmp_path / "data"
-    d.mkdir()
-    write = lambda name, rows: (d / name).write_text("".join(json.dumps(r) + "\n" for r in rows))  # noqa: E731
-    write("pretrain_train.jsonl", [{"id": str(i), "text": t} for i, t in enumerate(PROSE[:3])])
-    write("pretrain_valid.jsonl", [{"id": "v", "text": PROSE[3]}])
-    qa = [{"input": t, "prompt": "Where?", "answer": t.split()[-1]} for t in PROSE]
-    write("instruct_train.jsonl", qa[:3])
-    write("instruct_test.jsonl", qa[3:])
-    return d
-
-
-def config(tmp_path, data_dir, **overrides):
-    values = dict(data_dir=str(data_dir), out_dir=str(tmp_path / "run"), num_digest_tokens=4, chunk_size=16,
-                  lr=3e-3, batch_size=2, grad_accum=2, max_steps=4, eval_every=2, eval_samples=1, save_every=2,
-                  digest_init_std=0.02)
-    values.update(overrides)
-    return TrainConfig(**values)
-
+from .conftest import tiny_train_config
 
 def weights(run_dir, step):
     return load_file(str(run_dir / f"checkpoint-{step}" / "model" / "model.safetensors"))
@@ -47,7 +20,7 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tmp_path, tiny_target):
     rows = "".join(json.dumps({"text": t}) + "\n" for t in ["The fox waited.", "A lamp burned."])
     for name in ("pretrain_train.jsonl", "pretrain_valid.jsonl"):
         (data / name).write_text(rows)  # shorter than L: every step sees exactly these two samples
-    cfg = config(tmp_path, data, lr=1e-2, max_steps=10, grad_accum=1, save_every=100)
+    cfg = tiny_train_config(tmp_path, data, lr=1e-2, max_steps=10, grad_accum=1, save_every=100)
     train(cfg, target=tiny_target)
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(log) == 10 and {"loss", "lr", "grad_norm", "tokens_per_s", "samples_seen"} <= set(log[0])
@@ -55,10 +28,10 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tmp_path, tiny_target):
     assert "valid_loss" in log[-1] and log[-1]["grad_norm"] > 0
 
 
-def test_interrupted_and_resumed_run_ends_bit_exact(tmp_path, data_dir, tiny_target):
-    straight = config(tmp_path / "a", data_dir)
+def test_interrupted_and_resumed_run_ends_bit_exact(tmp_path, train_data, tiny_target):
+    straight = tiny_train_config(tmp_path / "a", train_data)
     train(straight, target=tiny_target)
-    resumed = config(tmp_path / "b", data_dir)
+    resumed = tiny_train_config(tmp_path / "b", train_data)
     train(resumed, target=tiny_target, stop_after=3)
     assert not (tmp_path / "b" / "run" / "checkpoint-4").exists()
     train(resumed, target=tiny_target, resume=True)
@@ -70,17 +43,17 @@ def test_interrupted_and_resumed_run_ends_bit_exact(tmp_path, data_dir, tiny_tar
     assert log == [1, 2, 3, 4]
 
 
-def test_checkpoint_marks_trained_only_when_the_schedule_is_complete(tmp_path, data_dir, tiny_target):
+def test_checkpoint_marks_trained_only_when_the_schedule_is_complete(tmp_path, train_data, tiny_target):
     from icformer import ICFormerModel
 
-    train(config(tmp_path, data_dir), target=tiny_target)
+    train(tiny_train_config(tmp_path, train_data), target=tiny_target)
     assert ICFormerModel.from_pretrained(tmp_path / "run" / "checkpoint-4" / "model").trained is True
     assert ICFormerModel.from_pretrained(tmp_path / "run" / "checkpoint-2" / "model").trained is False
 
 
-def test_finetune_from_pretrained_with_kl(tmp_path, data_dir, tiny_target):
-    train(config(tmp_path, data_dir, max_steps=2), target=tiny_target)
-    cfg = config(tmp_path, data_dir, stage="finetune", kl_weight=0.5, max_steps=2,
+def test_finetune_from_pretrained_with_kl(tmp_path, train_data, tiny_target):
+    train(tiny_train_config(tmp_path, train_data, max_steps=2), target=tiny_target)
+    cfg = tiny_train_config(tmp_path, train_data, stage="finetune", kl_weight=0.5, max_steps=2,
                  init_from=str(tmp_path / "run" / "checkpoint-2" / "model"), out_dir=str(tmp_path / "ft"))
     row = train(cfg, target=tiny_target)
     assert row["step"] == 2 and row["loss"] > 0
@@ -102,17 +75,17 @@ def test_config_sources_and_errors(tmp_path):
 
 def test_missing_data_names_the_fix(tmp_path, tiny_target):
     with pytest.raises(FileNotFoundError, match="prepare-data"):
-        train(config(tmp_path, tmp_path / "nowhere"), target=tiny_target)
+        train(tiny_train_config(tmp_path, tmp_path / "nowhere"), target=tiny_target)
 
 
 @pytest.mark.slow
-def test_two_process_ddp_agrees_with_one_process(tmp_path, data_dir, tiny_llm_dir):
+def test_two_process_ddp_agrees_with_one_process(tmp_path, train_data, tiny_llm_dir):
     """torchrun + accelerate (gloo on CPU): 2 ranks x batch 1 == 1 rank x batch 2."""
     import os
     import subprocess
     import sys
 
-    common = ["-m", "icformer", "train", "--llm", str(tiny_llm_dir), "--data-dir", str(data_dir),
+    common = ["-m", "icformer", "train", "--llm", str(tiny_llm_dir), "--data-dir", str(train_data),
               "--num-digest-tokens", "4", "--chunk-size", "16", "--max-steps", "2", "--grad-accum", "2",
               "--eval-every", "100", "--save-every", "100", "--eval-samples", "1", "--digest-init-std", "0.02"]
     env = {**os.environ, "PYTHONPATH": os.getcwd()}

@@ -1,0 +1,185 @@
+"""Publishing finished training runs as the embedded default's checkpoints (assets/checkpoints/).
+
+A published checkpoint is the final weights of its last stage, every stage's config and
+metrics log, and a model card computed from them and nothing else: samples seen, training
+time, machine, final losses from the logs, and held-out reconstruction BLEU measured here,
+on validation text the runs never trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .modeling_icformer import WEIGHTS_NAME, read_checkpoint_metadata
+
+# Published name -> the runs (under the runs dir) it went through, in order.
+CHAINS: dict[str, tuple[str, ...]] = {
+    "icformer": ("icformer-pretrain", "icformer-finetune"),
+    "icae": ("icae-pretrain", "icae-finetune"),
+    "icformer-no-pretrain": ("icformer-no-pretrain",),
+}
+CARD_NAME, CARD_JSON = "README.md", "card.json"
+DATA_FILES = {"pretrain": "pretrain_train.jsonl", "finetune": "instruct_train.jsonl"}
+
+
+@dataclass
+class StageSummary:
+    """One training run, as its logs and final checkpoint record it."""
+
+    run: str
+    method: str
+    stage: str
+    steps: int
+    samples_seen: int
+    train_seconds: float  # sum of the logged step times (excludes validation and saving)
+    final_loss: float  # mean training loss over the last 10 steps
+    valid_loss: float | None
+    machine: str | None
+    torch: str | None
+    data_file: str
+    data_sha256: str | None
+    config: dict[str, Any]
+
+
+def final_checkpoint(run_dir: Path) -> Path:
+    """The weights a finished run ended with; an unfinished run is refused, naming how far it got."""
+    from .train import latest_checkpoint
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise ValueError(f"{run_dir} has no checkpoint yet: train it first (scripts/train_default.sh)")
+    metadata = read_checkpoint_metadata(checkpoint / "model" / WEIGHTS_NAME)
+    if json.loads(metadata.get("trained", "false")) is not True:
+        step = json.loads(metadata.get("record", "{}")).get("steps")
+        raise ValueError(f"{run_dir} is unfinished (step {step} of {config['max_steps']}): resume it before publishing")
+    return checkpoint / "model"
+
+
+def summarise_stage(run_dir: Path, data_dir: Path) -> StageSummary:
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    record = json.loads(read_checkpoint_metadata(final_checkpoint(run_dir) / WEIGHTS_NAME).get("record", "{}"))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["step"] <= config["max_steps"]]
+    valid = [r["valid_loss"] for r in rows if r.get("valid_loss") is not None]
+    data_file = DATA_FILES[config["stage"]]
+    manifest = data_dir / "manifest.json"
+    outputs = json.loads(manifest.read_text()).get("outputs", {}) if manifest.is_file() else {}
+    return StageSummary(
+        run=run_dir.name, method=config["method"], stage=config["stage"], steps=rows[-1]["step"],
+        samples_seen=rows[-1]["samples_seen"], train_seconds=sum(r["step_s"] for r in rows),
+        final_loss=sum(r["loss"] for r in rows[-10:]) / len(rows[-10:]), valid_loss=valid[-1] if valid else None,
+        machine=record.get("machine"), torch=record.get("torch"), data_file=data_file,
+        data_sha256=outputs.get(data_file, {}).get("sha256"), config=config,
+    )
+
+
+def heldout_reconstruction(cc, method: str, data_dir: Path, samples: int, length: int, seed: int) -> dict[str, Any]:
+    """Greedy reconstruction of `samples` validation windows of `length` tokens: mean BLEU etc."""
+    from .data import read_jsonl
+    from .evaluate import Method, TextSource, reconstruct_sample
+
+    text = TextSource(read_jsonl(data_dir / "pretrain_valid.jsonl"), cc.tokenizer)
+    rng = random.Random(f"{seed}:publish")
+    scores = [reconstruct_sample(Method(method, cc, method), text.window(length, rng), 16)[0] for _ in range(samples)]
+    mean = lambda key: sum(s[key] for s in scores) / len(scores)  # noqa: E731
+    return dict(samples=samples, length=length, seed=seed, bleu=mean("bleu"), token_accuracy=mean("token_accuracy"),
+                ce=mean("ce"), example=scores[0]["text"][:300])
+
+
+def _card(name: str, stages: list[StageSummary], reconstruction: dict[str, Any] | None) -> str:
+    last = stages[-1]
+    k, L = last.config["num_digest_tokens"], last.config["chunk_size"]
+    lines = [
+        f"# {name}: {'IC-Former' if last.method == 'icformer' else 'ICAE'} for SmolLM2-135M-Instruct (embedded default)",
+        "",
+        f"{k} vectors per {L} context tokens ({L // k}x compression). Trained with `scripts/train_default.sh`",
+        "on the data of `python -m icformer prepare-data`; this card was written by `python -m icformer publish`",
+        "from the logs beside it. Quality in context: `assets/results/` (`python -m icformer evaluate`).",
+        "",
+        "| stage | run | steps | samples seen | training time | final train loss | last valid loss | data (sha256) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in stages:
+        valid = "n/a" if s.valid_loss is None else f"{s.valid_loss:.3f}"
+        lines.append(f"| {s.stage} | {s.run} | {s.steps} | {s.samples_seen} | {s.train_seconds / 60:.1f} min | "
+                     f"{s.final_loss:.3f} | {valid} | {s.data_file} ({(s.data_sha256 or 'unknown')[:12]}) |")
+    machines = sorted({f"{s.machine or 'machine not recorded'}, torch {s.torch or '?'}" for s in stages})
+    lines += ["", f"Machine: {'; '.join(machines)}. Training time is the sum of logged step times.", ""]
+    if reconstruction is None:
+        lines.append("Held-out reconstruction: not measured (fine-tuned only; its [AE] vector was never trained).")
+    else:
+        r = reconstruction
+        lines += [f"Held-out reconstruction ({r['samples']} validation windows of {r['length']} tokens, greedy, "
+                  f"seed {r['seed']}): BLEU {r['bleu']:.4f}, token accuracy {r['token_accuracy']:.3f}, "
+                  f"cross-entropy {r['ce']:.3f} nats/token.", "", f"First reconstruction: {r['example']!r}"]
+    lines += ["", "Deviations from the paper's recipe are named in each stage's config (logs/*.yaml) and in "
+              "configs/train/cpu-*.yaml. This is a short CPU schedule, far below the paper's training; "
+              "expect weak reconstructions and answers."]
+    return "\n".join(lines) + "\n"
+
+
+def publish(runs_dir: Path, assets_dir: Path, data_dir: Path, names: list[str] | None = None, *,
+            samples: int = 8, length: int = 128, seed: int = 0, device: str | None = None) -> dict[str, dict]:
+    """Copy each finished chain's final weights, logs and a fresh model card into assets_dir/checkpoints/."""
+    from .compressor import ContextCompressor, UntrainedWarning
+
+    names = names or list(CHAINS)
+    unknown = sorted(set(names) - set(CHAINS))
+    if unknown:
+        raise ValueError(f"unknown checkpoint names {unknown}; choose from {sorted(CHAINS)}")
+    chains = {n: [summarise_stage(runs_dir / run, data_dir) for run in CHAINS[n]] for n in names}  # all checked first
+    cards = {}
+    for name, stages in chains.items():
+        dest = assets_dir / "checkpoints" / name
+        staging = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(final_checkpoint(runs_dir / CHAINS[name][-1]), staging)
+        for stage in stages:
+            (staging / "logs").mkdir(exist_ok=True)
+            shutil.copy(runs_dir / stage.run / "metrics.jsonl", staging / "logs" / f"{stage.run}.metrics.jsonl")
+            shutil.copy(runs_dir / stage.run / "config.yaml", staging / "logs" / f"{stage.run}.yaml")
+        method = stages[-1].method
+        reconstruction = None
+        if name != "icformer-no-pretrain":
+            with warnings.catch_warnings():  # the other method's seeded random stand-in; this one is trained
+                warnings.simplefilter("ignore", UntrainedWarning)
+                cc = ContextCompressor.from_pretrained(stages[-1].config.get("llm"),  # what it trained against
+                                                       staging if method == "icformer" else None,
+                                                       staging if method == "icae" else None, device=device)
+            reconstruction = heldout_reconstruction(cc, method, data_dir, samples, length, seed)
+        card = dict(name=name, stages=[asdict(s) for s in stages], heldout_reconstruction=reconstruction)
+        (staging / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
+        (staging / CARD_NAME).write_text(_card(name, stages, reconstruction))
+        shutil.rmtree(dest, ignore_errors=True)
+        staging.rename(dest)
+        cards[name] = card
+    return cards
+
+
+def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    from .compressor import ASSETS_DIR
+
+    parser.add_argument("--runs", type=Path, default=Path("runs/default"), help="where scripts/train_default.sh trained")
+    parser.add_argument("--assets", type=Path, default=ASSETS_DIR, help="writes <assets>/checkpoints/<name>/")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--only", nargs="+", default=None, choices=sorted(CHAINS))
+    parser.add_argument("--samples", type=int, default=8, help="held-out windows for the reconstruction BLEU")
+    parser.add_argument("--device", default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    cards = publish(args.runs, args.assets, args.data_dir, args.only, samples=args.samples, device=args.device)
+    for name, card in cards.items():
+        bleu = (card["heldout_reconstruction"] or {}).get("bleu")
+        print(f"{name}: {args.assets / 'checkpoints' / name}  held-out BLEU {'n/a' if bleu is None else f'{bleu:.4f}'}")
+    return 0
