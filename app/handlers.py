@@ -299,6 +299,8 @@ class Handlers:
         for method, c in info.compressors.items():
             params = fmt_count(c["params"]) + " trainable parameters" if c.get("params") else ""
             state = "**trained checkpoint**" if c.get("trained") else "**untrained** (random initialisation)"
+            if c.get("training"):
+                state += f" ({c['training']}; model card `{c['card_path']}`)"
             lines.append(f"| {label(method)} | {state}; k={c.get('k')} vectors per chunk of L={c.get('L')} tokens; {params} |")
         if "icae" not in info.compressors:
             lines.append("| ICAE | not loaded (no checkpoint in `assets/checkpoints/icae/`) |")

@@ -17,6 +17,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class ModelInfo:
     device: str = ""
     dtype: str = ""
     methods: list[str] = field(default_factory=list)
-    compressors: dict[str, dict] = field(default_factory=dict)  # method -> {k, L, trained, params}
+    compressors: dict[str, dict] = field(default_factory=dict)  # method -> {k, L, trained, training, params}
     load_seconds: float = 0.0
     profile: str | None = None  # see LoadedModel
     requested_profile: str | None = None
@@ -82,8 +83,18 @@ class ModelInfo:
         return [m for m, c in self.compressors.items() if not c.get("trained", False)]
 
 
+def _shown(path: Path) -> str:
+    """A path relative to the working directory when it is under it (shorter on the page)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def describe(cc) -> ModelInfo:
     """Read what a ContextCompressor carries, for display."""
+    from icformer.publish import card_summary, read_card
+
     config = cc.llm.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     compressors: dict[str, dict] = {}
@@ -92,8 +103,11 @@ def describe(cc) -> ModelInfo:
         if model is None:
             continue
         cfg = getattr(model, "config", None)
+        card = read_card(getattr(model, "source_dir", None))
         compressors[method] = dict(
             trained=bool(getattr(model, "trained", False)),
+            training=card_summary(card) if card else None,
+            card_path=_shown(model.source_dir / "README.md") if card else None,
             k=getattr(cfg, "num_digest_tokens", None),
             L=getattr(cfg, "chunk_size", None),
             params=sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else None,

@@ -112,6 +112,7 @@ class ICAEModel(nn.Module):
         # thread from leaking the adapter into a decode on another.
         self._switch = threading.RLock()
         self.trained = False  # set by from_pretrained from the checkpoint's own record
+        self.source_dir: Path | None = None  # the checkpoint it was loaded from (model card beside it)
         self.to(device=target.device, dtype=target.dtype)
 
     def _inject(self, model: nn.Module) -> list[tuple[str, LoraLayer]]:
@@ -212,4 +213,5 @@ class ICAEModel(nn.Module):
         model = cls(ICAEConfig.from_dict(values), target)
         model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device=str(target.device)))
         model.trained = read_checkpoint_metadata(directory / WEIGHTS_NAME).get("trained") == "true"
+        model.source_dir = directory
         return model

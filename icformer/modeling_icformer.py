@@ -240,6 +240,7 @@ class ICFormerModel(nn.Module):
         self.norm = RMSNorm(h, config.rms_norm_eps, init=config.output_norm_init)
         self.rope = RotaryEmbedding(config.head_dim, config.rope_theta)
         self.trained = False  # set by from_pretrained from the checkpoint's own record
+        self.source_dir: Path | None = None  # the checkpoint it was loaded from (model card beside it)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -330,6 +331,7 @@ class ICFormerModel(nn.Module):
         model = cls(ICFormerConfig.from_dict(values))
         model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
         model.trained = read_checkpoint_metadata(directory / WEIGHTS_NAME).get("trained") == "true"
+        model.source_dir = directory
         return model.to(device)
 
 

@@ -166,6 +166,23 @@ def publish(runs_dir: Path, assets_dir: Path, data_dir: Path, names: list[str] |
     return cards
 
 
+def read_card(directory: str | Path | None) -> dict | None:
+    """The card `publish` wrote beside a checkpoint; None for random weights or other sources."""
+    path = Path(directory) / CARD_JSON if directory is not None else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
+def card_summary(card: dict) -> str:
+    """One line for a UI: how much training went in, where, and how well it reconstructs."""
+    stages = card["stages"]
+    samples = " + ".join(f"{s['samples_seen']:,} {s['stage']}" for s in stages)
+    minutes = sum(s["train_seconds"] for s in stages) / 60
+    machine = stages[-1].get("machine") or "machine not recorded"
+    rec = card.get("heldout_reconstruction")
+    bleu = f"held-out reconstruction BLEU {rec['bleu']:.3f}" if rec else "reconstruction not measured"
+    return f"{samples} samples, {minutes:.0f} min on {machine}; {bleu}"
+
+
 def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     from .compressor import ASSETS_DIR
 

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from icformer import ICFormerModel
-from icformer.publish import publish
+from icformer.publish import card_summary, publish, read_card
 from icformer.train import train
 
 from .conftest import tiny_train_config
@@ -49,6 +49,23 @@ def test_publish_copies_the_final_weights_logs_and_a_card_computed_from_them(tmp
     readme = (dest / "README.md").read_text()
     assert f"| finetune | icformer-finetune | 2 | {log[-1]['samples_seen']} |" in readme
     assert f"BLEU {rec['bleu']:.4f}" in readme
+
+
+def test_the_app_shows_a_published_checkpoints_card(tmp_path, train_data, tiny_target, tiny_llm_dir):
+    from app.service import describe
+    from icformer import ContextCompressor
+
+    runs = _chain(tmp_path, train_data, tiny_target, tiny_llm_dir)
+    card = publish(runs, tmp_path / "assets", train_data, ["icformer"], samples=1, length=8)["icformer"]
+    model = ICFormerModel.from_pretrained(tmp_path / "assets" / "checkpoints" / "icformer")
+    assert read_card(model.source_dir) == json.loads(json.dumps(card))
+    shown = describe(ContextCompressor(tiny_target, model)).compressors["icformer"]
+    summary = card_summary(card)
+    assert shown["training"] == summary and shown["card_path"].endswith("checkpoints/icformer/README.md")
+    samples = [s["samples_seen"] for s in card["stages"]]
+    assert summary.startswith(f"{samples[0]:,} pretrain + {samples[1]:,} finetune samples")
+    assert f"BLEU {card['heldout_reconstruction']['bleu']:.3f}" in summary
+    assert read_card(None) is None and read_card(tmp_path) is None
 
 
 def test_publish_refuses_an_unfinished_run_and_leaves_assets_alone(tmp_path, train_data, tiny_target, tiny_llm_dir):
