@@ -195,6 +195,7 @@ class ContextCompressor:
                     method=method,
                     llm=self.target.name,
                     llm_hash=self.target.fingerprint,
+                    llm_dtype=str(self.target.dtype).removeprefix("torch."),
                     hidden_size=self.target.hidden_size,
                     k=k,
                     L=L,
@@ -227,10 +228,15 @@ class ContextCompressor:
     def _check_compatible(self, context: CompressedContext) -> None:
         meta = context.metadata
         if meta["llm_hash"] != self.target.fingerprint or meta["hidden_size"] != self.target.hidden_size:
+            dtype = str(self.target.dtype).removeprefix("torch.")
+            why = ""  # the hash covers the weights' dtype: the same LLM loaded as bf16 on GPU differs from fp32
+            if meta.get("llm_dtype") not in (None, dtype):
+                why = f" It was compressed with the weights in {meta['llm_dtype']}, this LLM runs in {dtype}."
             raise ValueError(
                 f"This context was compressed for LLM {meta['llm']!r} (hash {meta['llm_hash'][:12]}, hidden "
                 f"{meta['hidden_size']}), but this compressor uses {self.target.name!r} (hash "
-                f"{self.target.fingerprint[:12]}, hidden {self.target.hidden_size}). Compress it again with this LLM."
+                f"{self.target.fingerprint[:12]}, hidden {self.target.hidden_size}).{why} "
+                "Compress it again with this LLM."
             )
         self._compressor(context.method)
 

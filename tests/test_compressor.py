@@ -128,8 +128,13 @@ def test_hidden_size_mismatch_names_both_sizes(tiny_target):
 def test_context_from_another_llm_is_refused(tiny_compressor):
     z = tiny_compressor.compress(TEXT)
     foreign = dataclasses.replace(z, metadata={**z.metadata, "llm": "other-llm", "llm_hash": "f" * 64})
-    with pytest.raises(ValueError, match="compressed for LLM 'other-llm'"):
+    with pytest.raises(ValueError, match="compressed for LLM 'other-llm'") as refused:
         tiny_compressor.answer(foreign, "Who?")
+    assert "weights in" not in str(refused.value)
+    assert z.metadata["llm_dtype"] == "float32"
+    other_dtype = dataclasses.replace(z, metadata={**z.metadata, "llm_hash": "f" * 64, "llm_dtype": "bfloat16"})
+    with pytest.raises(ValueError, match="compressed with the weights in bfloat16, this LLM runs in float32"):
+        tiny_compressor.answer(other_dtype, "Who?")
 
 
 def test_untrained_compressor_warns_and_is_marked(tiny_target):
