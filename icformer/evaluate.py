@@ -51,6 +51,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from .data import sha256_file
 from .timing import machine_description
 
 # --------------------------------------------------------------------------- the paper's numbers
@@ -176,14 +177,6 @@ class EvalSettings:
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _key(values: dict[str, Any]) -> str:
@@ -729,7 +722,7 @@ class _Evaluation:
 
         path = self.data("eval.jsonl")
         key = _key(dict(section="qa", llm=self.cc.target.fingerprint, models=self._fingerprints,
-                        max_new_tokens=self.s.max_new_tokens, data=_sha256_file(path)))
+                        max_new_tokens=self.s.max_new_tokens, data=sha256_file(path)))
         limit = self.s.qa_max_context_tokens
 
         def fits(row: dict) -> bool:
@@ -794,7 +787,7 @@ class _Evaluation:
         key = _key(dict(section="reconstruction", llm=self.cc.target.fingerprint,
                         models={k: self._fingerprints[k] for k in self.rec_methods},
                         extra=self.s.reconstruction_extra_tokens, width=self.s.bucket_width, seed=self.s.seed,
-                        data=_sha256_file(self.data("pretrain_valid.jsonl"))))
+                        data=sha256_file(self.data("pretrain_valid.jsonl"))))
         self.rec_plan = self._plan()
         self.rec_store = SampleStore(self.out / FILES["rec_samples"], key, [p[0] for p in self.rec_plan])
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from .data import sha256_file
 from .modeling_icformer import WEIGHTS_NAME, read_checkpoint_metadata
 
 # Published name -> the runs (under the runs dir) it went through, in order.
@@ -157,7 +158,8 @@ def publish(runs_dir: Path, assets_dir: Path, data_dir: Path, names: list[str] |
                                                        staging if method == "icformer" else None,
                                                        staging if method == "icae" else None, device=device)
             reconstruction = heldout_reconstruction(cc, method, data_dir, samples, length, seed)
-        card = dict(name=name, stages=[asdict(s) for s in stages], heldout_reconstruction=reconstruction)
+        card = dict(name=name, weights_sha256=sha256_file(staging / WEIGHTS_NAME), stages=[asdict(s) for s in stages],
+                    heldout_reconstruction=reconstruction)
         (staging / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
         (staging / CARD_NAME).write_text(_card(name, stages, reconstruction))
         shutil.rmtree(dest, ignore_errors=True)

@@ -1,5 +1,6 @@
 """Publishing: finished runs become assets/checkpoints/<name>/ with a card computed from their logs."""
 
+import hashlib
 import json
 
 import pytest
@@ -38,6 +39,7 @@ def test_publish_copies_the_final_weights_logs_and_a_card_computed_from_them(tmp
         "icformer-pretrain.yaml"]
 
     card = json.loads((dest / "card.json").read_text())
+    assert card["weights_sha256"] == hashlib.sha256((dest / "model.safetensors").read_bytes()).hexdigest()
     assert card == json.loads(json.dumps(cards["icformer"]))
     log = [json.loads(x) for x in (runs / "icformer-finetune" / "metrics.jsonl").read_text().splitlines()]
     stage = card["stages"][1]
