@@ -5,9 +5,11 @@ over the full (unmasked) score matrix, as kernels compute it. Symbols: b rows (c
 chunks), s tokens per chunk, k digests/slots per chunk, h hidden, m FFN width.
 
 * paper: the formulas as printed (full multi-head attention, no LoRA);
-* exact: the matmuls the code runs for the real shapes. For IC-Former this equals the
-  paper's formula. For ICAE it differs by grouped-query attention (smaller k/v projections)
-  and by the LoRA matmuls (2 FLOPs per LoRA weight per token);
+* exact: the matmuls the code runs for the real shapes. For IC-Former it is below the
+  paper's formula once a call holds several chunks: the digest rows' k/v projections (every
+  layer) and the first layer's q projection are shared across chunks, computed once per call.
+  For ICAE it differs by grouped-query attention (smaller k/v projections) and by the LoRA
+  matmuls (2 FLOPs per LoRA weight per token);
 * measured: `torch.utils.flop_counter.FlopCounterMode` around the real call.
 
 Chunking applies to both methods (a 2048-token context is 4 chunks of 512), and every chunk
@@ -54,13 +56,18 @@ class Flops:
 
 
 def icformer_flops(config: ICFormerConfig, num_tokens: int, batch: int = 1) -> Flops:
-    """IC-Former compressing `batch` contexts of `num_tokens` tokens each."""
+    """IC-Former compressing `batch` contexts of `num_tokens` tokens each, in one call.
+
+    The paper counts every projection once per chunk. The code computes those that read only
+    the digest embeddings once per call: each layer's k and v projections of the k digest
+    rows (2 x 2kh^2) and the first layer's q projection (2kh^2). So exact is the paper's
+    count less (b - 1) times those.
+    """
     chunks, s = chunk_grid(num_tokens, config.chunk_size)
-    flops = paper_icformer_flops(
-        b=batch * chunks, s=s, k=config.num_digest_tokens, h=config.hidden_size,
-        m=config.intermediate_size, layers=config.num_layers,
-    )
-    return Flops(paper=flops, exact=flops)  # full-width heads and no other matmuls: identical
+    b, k, h, layers = batch * chunks, config.num_digest_tokens, config.hidden_size, config.num_layers
+    paper = paper_icformer_flops(b=b, s=s, k=k, h=h, m=config.intermediate_size, layers=layers)
+    shared = 2 * k * h * h * (2 * layers + 1)
+    return Flops(paper=paper, exact=paper - (b - 1) * shared)
 
 
 def icae_flops(icae: ICAEModel, num_tokens: int, batch: int = 1) -> Flops:

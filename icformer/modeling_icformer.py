@@ -8,14 +8,17 @@ Model" (EMNLP 2024 Findings, arXiv 2406.13618). Read this file top to bottom:
 The compressor never runs the target LLM. It reads the LLM's frozen word embeddings of a
 context chunk (n <= L tokens) with k learnable digest tokens as queries:
 
-* keys/values = concat(context embeddings, digest embeddings), built once per chunk and
-  re-normalised by each layer's own RMSNorm;
+* keys/values = concat(context embeddings, digest embeddings), re-normalised by each
+  layer's own RMSNorm;
 * digest i attends to every context token and to digests 1..i ("causal cross attention");
 * RoPE: keys sit at positions 0..n+k-1 (context first), queries at the last k, n..n+k-1;
 * the final-norm digest states are handed to the LLM as `inputs_embeds`, unprojected.
 
 Longer contexts are cut into ceil(n/L) near-equal chunks; every chunk of every context is
-compressed in one batched call and the digests are concatenated per context.
+compressed in one batched call and the digests are concatenated per context. The digest
+embeddings are the same in every chunk, so whatever is computed from them alone (every
+layer's digest keys/values before RoPE, the first layer's queries before RoPE) is computed
+once per call and broadcast over the chunks.
 """
 
 from __future__ import annotations
@@ -89,8 +92,8 @@ class ICFormerConfig(ChunkedCompressorConfig):
             )
         if self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
-        if self.num_digest_tokens < 1 or self.chunk_size < 1:
-            raise ValueError("num_digest_tokens (k) and chunk_size (L) must be positive")
+        if self.num_digest_tokens < 1 or self.chunk_size < 1 or self.num_layers < 1:
+            raise ValueError("num_digest_tokens (k), chunk_size (L) and num_layers must be positive")
 
     @classmethod
     def for_llm(cls, llm_config: Any, **overrides: Any) -> "ICFormerConfig":
@@ -152,7 +155,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class DigestCrossAttention(nn.Module):
-    """Digest queries attend over [context; digests] keys and values."""
+    """Digest queries attend over [context; digests] keys and values.
+
+    Queries and digests of batch size 1 are shared by every chunk; RoPE, which depends on each
+    chunk's length, is where they fan out to the batch.
+    """
 
     def __init__(self, config: ICFormerConfig) -> None:
         super().__init__()
@@ -166,18 +173,23 @@ class DigestCrossAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
 
+    def _keys_or_values(self, proj: nn.Linear, context: torch.Tensor, digests: torch.Tensor) -> torch.Tensor:
+        # Projecting is row-wise, so the shared digest rows are projected once and broadcast.
+        return self._heads(torch.cat([proj(context), proj(digests).expand(len(context), -1, -1)], dim=1))
+
     def forward(
         self,
-        queries: torch.Tensor,  # [B, k, h]
-        keys_values: torch.Tensor,  # [B, n+k, h]
+        queries: torch.Tensor,  # [B or 1, k, h]
+        context: torch.Tensor,  # [B, n, h]
+        digests: torch.Tensor,  # [1, k, h]
         mask: torch.Tensor,  # [B, 1, k, n+k] bool, True = may attend
         rope_q: tuple[torch.Tensor, torch.Tensor],
         rope_kv: tuple[torch.Tensor, torch.Tensor],
         return_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         q = apply_rope(self._heads(self.q_proj(queries)), *rope_q)
-        k = apply_rope(self._heads(self.k_proj(keys_values)), *rope_kv)
-        v = self._heads(self.v_proj(keys_values))
+        k = apply_rope(self._keys_or_values(self.k_proj, context, digests), *rope_kv)
+        v = self._keys_or_values(self.v_proj, context, digests)
         weights = None
         if return_weights:  # explicit softmax, for attention analysis and tests
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
@@ -211,11 +223,12 @@ class ICFormerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.ffn = SwiGLU(config)
 
-    def forward(self, x, keys_values, mask, rope_q, rope_kv, return_weights=False):
+    def forward(self, x, context, digests, mask, rope_q, rope_kv, return_weights=False):
+        # RMSNorm is row-wise: norming context and digests apart equals norming their concatenation.
         attended, weights = self.attn(
-            self.query_norm(x), self.kv_norm(keys_values), mask, rope_q, rope_kv, return_weights
+            self.query_norm(x), self.kv_norm(context), self.kv_norm(digests), mask, rope_q, rope_kv, return_weights
         )
-        x = x + attended
+        x = x + attended  # in the first block, x is the shared [1, k, h] digests: this fans out
         x = x + self.ffn(self.ffn_norm(x))
         return x, weights
 
@@ -263,7 +276,7 @@ class ICFormerModel(nn.Module):
         return_attentions: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """Digest a batch of chunks into [B, k, h] vectors (plus per-layer attention maps)."""
-        b, n, h = context_embeds.shape
+        b, n, _ = context_embeds.shape
         k, device, dtype = self.config.num_digest_tokens, context_embeds.device, context_embeds.dtype
         if n > self.config.chunk_size:
             raise ValueError(f"chunk of {n} tokens exceeds chunk_size L={self.config.chunk_size}")
@@ -271,8 +284,7 @@ class ICFormerModel(nn.Module):
             context_mask = torch.ones(b, n, dtype=torch.bool, device=device)
         lengths = context_mask.sum(-1)  # true chunk lengths; padding sits on the right
 
-        digests = self.digest_embeddings.to(dtype).expand(b, k, h)
-        keys_values = torch.cat([context_embeds, digests], dim=1)
+        digests = self.digest_embeddings.to(dtype)[None]  # [1, k, h], shared by every chunk
 
         # Positions: context token j -> j, digest i -> n_true + i; queries are the digests.
         query_pos = lengths[:, None] + torch.arange(k, device=device)
@@ -285,7 +297,7 @@ class ICFormerModel(nn.Module):
 
         x, attentions = digests, [] if return_attentions else None
         for layer in self.layers:
-            x, weights = layer(x, keys_values, mask, rope_q, rope_kv, return_attentions)
+            x, weights = layer(x, context_embeds, digests, mask, rope_q, rope_kv, return_attentions)
             if attentions is not None:
                 attentions.append(weights)
         return self.norm(x), attentions

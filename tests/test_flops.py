@@ -29,14 +29,17 @@ def test_paper_anchors_512_to_128_on_llama2_7b():
     assert 31 < icae / icformer < 33  # "ratio ~1/32"
 
 
-def test_chunking_and_batch_scale_linearly():
+def test_chunking_and_batch_scale_linearly_less_the_shared_digest_projections():
     config = ICFormerConfig(hidden_size=576, num_heads=9, intermediate_size=1536, num_digest_tokens=128, chunk_size=512)
-    one_chunk = icformer_flops(config, 512).exact
-    assert icformer_flops(config, 2048).exact == 4 * one_chunk  # 4 chunks of 512
-    assert icformer_flops(config, 2048, batch=8).exact == 32 * one_chunk
-    assert icformer_flops(config, 100).exact < one_chunk  # a short context is one short chunk
-    assert icformer_flops(config, 512).paper == one_chunk  # IC-Former: exact is the paper's formula
-    assert one_chunk == pytest.approx(5.7e9, rel=0.01)  # MEASUREMENTS.md, SmolLM2 sizes
+    one_chunk = icformer_flops(config, 512)
+    assert one_chunk.exact == one_chunk.paper  # one chunk: nothing to share
+    assert one_chunk.exact == pytest.approx(5.7e9, rel=0.01)  # MEASUREMENTS.md, SmolLM2 sizes
+    assert icformer_flops(config, 2048).paper == 4 * one_chunk.paper  # 4 chunks of 512
+    assert icformer_flops(config, 2048, batch=8).paper == 32 * one_chunk.paper
+    shared = 2 * 128 * 576 * 576 * (2 * 3 + 1)  # digest k/v projections of 3 layers, q of the first
+    assert icformer_flops(config, 2048).exact == 4 * one_chunk.exact - 3 * shared
+    assert icformer_flops(config, 2048, batch=8).exact == 32 * one_chunk.exact - 31 * shared
+    assert icformer_flops(config, 100).exact < one_chunk.exact  # a short context is one short chunk
 
 
 def _tokens(n: int, batch: int) -> list[list[int]]:

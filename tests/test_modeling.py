@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from icformer import ICFormerConfig, ICFormerModel
-from icformer.modeling_icformer import chunk_bounds
+from icformer.modeling_icformer import apply_rope, chunk_bounds
 
 H, K, L = 32, 4, 16
 
@@ -126,6 +126,53 @@ def test_batched_compression_equals_one_at_a_time():
         assert torch.allclose(vec, alone, atol=1e-5)
 
 
+def reference_digests(model: ICFormerModel, chunk: torch.Tensor) -> torch.Tensor:
+    """One unpadded chunk as the paper writes it: keys/values = [context; digests], all per chunk."""
+    n, k = len(chunk), model.config.num_digest_tokens
+    digests = model.digest_embeddings.to(chunk.dtype)[None]
+    keys_values = torch.cat([chunk[None], digests], dim=1)
+    rope_q = model.rope(torch.arange(n, n + k)[None], chunk.dtype)
+    rope_kv = model.rope(torch.arange(n + k)[None], chunk.dtype)
+    mask = torch.cat([torch.ones(k, n, dtype=torch.bool), torch.ones(k, k, dtype=torch.bool).tril()], dim=-1)
+    x = digests
+    for layer in model.layers:
+        attn = layer.attn
+        heads = lambda t: t.view(1, -1, attn.num_heads, attn.head_dim).transpose(1, 2)  # noqa: E731
+        q = apply_rope(heads(attn.q_proj(layer.query_norm(x))), *rope_q)
+        kv = layer.kv_norm(keys_values)
+        keys, values = apply_rope(heads(attn.k_proj(kv)), *rope_kv), heads(attn.v_proj(kv))
+        scores = (q @ keys.transpose(-1, -2) / attn.head_dim**0.5).masked_fill(~mask, float("-inf"))
+        x = x + attn.o_proj((scores.softmax(-1) @ values).transpose(1, 2).reshape(1, k, -1))
+        x = x + layer.ffn(layer.ffn_norm(x))
+    return model.norm(x)[0]
+
+
+@pytest.mark.parametrize("lengths", [(L,), (5,), (3, L, 1, 9), (7, 2, 7)])
+def test_batched_forward_with_shared_digest_work_equals_the_per_chunk_reference(lengths):
+    """Digest projections computed once per call (and padding) change nothing, gradients included."""
+    model = make_model().double()
+    chunks = [torch.randn(n, H, dtype=torch.float64) for n in lengths]
+    padded = torch.nn.utils.rnn.pad_sequence(chunks, batch_first=True)
+    mask = torch.arange(padded.shape[1]) < torch.tensor(lengths)[:, None]
+    weights = torch.randn(len(lengths), K, H, dtype=torch.float64)
+
+    batched, _ = model(padded, mask)
+    (batched * weights).sum().backward()
+    batched_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    reference = torch.stack([reference_digests(model, c) for c in chunks])
+    (reference * weights).sum().backward()
+
+    torch.testing.assert_close(batched, reference, rtol=1e-12, atol=1e-12)
+    assert batched_grads.keys() == {name for name, p in model.named_parameters() if p.grad is not None}
+    # Gradients agree to fp32 precision only: RMSNorm computes in fp32 even for float64 inputs,
+    # and the shared digest rows sum their gradient over chunks before that norm, not after.
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            atol = 1e-6 * p.grad.abs().max().item()
+            torch.testing.assert_close(batched_grads[name], p.grad, rtol=0, atol=atol, msg=name)
+
+
 def test_save_load_round_trip_is_bit_exact(tmp_path):
     model = make_model(output_norm_init=0.136)
     with torch.no_grad():
@@ -142,6 +189,11 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
 def test_loading_a_non_checkpoint_names_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="not an IC-Former checkpoint"):
         ICFormerModel.from_pretrained(tmp_path)
+
+
+def test_a_compressor_without_layers_is_refused():
+    with pytest.raises(ValueError, match="num_layers must be positive"):
+        ICFormerConfig(hidden_size=H, num_heads=4, num_layers=0)
 
 
 def test_bad_head_count_is_refused():
