@@ -27,7 +27,7 @@ import torch
 
 from .compressor import ContextCompressor, encode
 from .flops import Flops, chunk_grid, icae_flops, icformer_flops, measure_flops
-from .prompts import assemble, question_layout
+from .prompts import assemble, prompt_style, question_layout
 from .timing import cpu_name, now, peak_memory_bytes, reset_peak_memory
 
 DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096)
@@ -63,7 +63,7 @@ def synthetic_contexts(cc: ContextCompressor, batch: int, length: int, generator
 def _prefill_inputs(cc: ContextCompressor, vectors: list[torch.Tensor], task: str | None) -> torch.Tensor:
     """The answer prompt around each context's vectors, stacked: [batch, positions, hidden]."""
     model = cc.icformer if task else None
-    layout = question_layout(cc.tokenizer, QUESTION, task=task)
+    layout = question_layout(cc.tokenizer, QUESTION, task=task, style=prompt_style(model))
     vector = model.task_embedding(task) if model else None
     return torch.stack([assemble(cc.target.embed, layout, v.to(cc.target.dtype), vector) for v in vectors])
 

@@ -22,8 +22,8 @@ import torch
 from .context import VERSION, CompressedContext
 from .generation import Answer, SamplingOptions, generate_from_embeds
 from .llm import TargetLLM, load_llm
-from .modeling_icformer import ICFormerConfig, ICFormerModel, chunk_bounds
-from .prompts import assemble, question_layout, reconstruction_layout, stop_token_ids
+from .modeling_icformer import ICFormerConfig, ICFormerModel
+from .prompts import assemble, context_prefix_ids, prompt_style, question_layout, reconstruction_layout, stop_token_ids
 from .text import DEFAULT_MAX_CONTEXT_TOKENS, check_length, clean_text
 from .timing import now, peak_memory_bytes, reset_peak_memory
 
@@ -37,8 +37,12 @@ EMBEDDED_COMPRESSOR = dict(num_digest_tokens=32, chunk_size=128)
 def encode(model: Any | None, target: TargetLLM, ids: list[list[int]]) -> list[torch.Tensor]:
     """Vectors per context: IC-Former digests, ICAE slots, or (model None) the token embeddings.
 
-    Shared by inference and training, so gradients flow when the caller allows them.
+    Shared by inference and training, so gradients flow when the caller allows them. A
+    compressor reads the context as its prompt style says (ICAE v2: <bos> first).
     """
+    prefix = context_prefix_ids(target.tokenizer, prompt_style(model))
+    if prefix:
+        ids = [prefix + list(i) for i in ids]
     if model is not None and model.method == "icae":
         return model.compress(ids)  # ICAE runs the LLM itself, from token ids
     embeds = [target.embed(torch.tensor(i, device=target.device)) for i in ids]
@@ -59,6 +63,7 @@ class ContextCompressor:
         max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS,
     ) -> None:
         for model in filter(None, (icformer, icae)):
+            prompt_style(model)  # an unknown style fails here, not at the first question
             if model.config.hidden_size != target.hidden_size:
                 raise ValueError(
                     f"{model.method} checkpoint has hidden size {model.config.hidden_size}, "
@@ -199,7 +204,7 @@ class ContextCompressor:
                     hidden_size=self.target.hidden_size,
                     k=k,
                     L=L,
-                    num_chunks=len(chunk_bounds(len(i), L)) if L else 1,
+                    num_chunks=len(v) // k if k else 1,
                     num_tokens=len(i),
                     version=VERSION,
                     trained=trained,
@@ -252,7 +257,9 @@ class ContextCompressor:
         """Answer a question from a compressed context (a raw string is compressed first)."""
         question = clean_text(question, "question")
         ctx = self._as_context(context, method)
-        layout = question_layout(self.tokenizer, question, task=None if ctx.method == "full" else "FT")
+        model = self._compressor(ctx.method)  # None for the full context: chat template, no task vector
+        layout = question_layout(self.tokenizer, question, task=None if model is None else "FT",
+                                 style=prompt_style(model))
         return self._generate(ctx, layout, SamplingOptions(**sampling), streamer)
 
     def reconstruct(
@@ -268,7 +275,8 @@ class ContextCompressor:
         if ctx.method == "full":
             raise ValueError("the full-context method keeps the text itself; there is nothing to reconstruct")
         sampling.setdefault("max_new_tokens", ctx.num_tokens + 16)
-        return self._generate(ctx, reconstruction_layout(self.tokenizer), SamplingOptions(**sampling), streamer)
+        layout = reconstruction_layout(self.tokenizer, prompt_style(self._compressor(ctx.method)))
+        return self._generate(ctx, layout, SamplingOptions(**sampling), streamer)
 
     def _generate(self, ctx: CompressedContext, layout, options: SamplingOptions, streamer) -> Answer:
         model = self._compressor(ctx.method)

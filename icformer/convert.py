@@ -28,6 +28,9 @@ Two source layouts are understood (learnt from the public code; no file of their
   The file carries no LoRA alpha (the release scripts use 32) and no segment length (the
   release uses k x mean compression rate 4 = 512); both are options here.
 
+Each converted config.json records the prompt style its source was trained and run with
+(``icformer-reference`` / ``icae-v2``, see prompts.py), so it is prompted as its authors did.
+
 `.pt` / `.bin` files are read with ``torch.load(weights_only=True)`` only: tensors, never code.
 """
 
@@ -147,6 +150,7 @@ def icformer_config_from_reference(values: dict[str, Any], *, chunk_size: int = 
         rope_theta=float(values.get("rope_theta", 10000.0)),
         rms_norm_eps=float(values.get("rms_norm_eps", 1e-6)),
         initializer_range=float(values.get("initializer_range", 0.02)),
+        prompt_style="icformer-reference",
     )
 
 
@@ -334,6 +338,7 @@ def map_icae_release(
         lora_dropout=float(lora_dropout),
         lora_target_modules=targets,
         task_names=list(ICAE_SPECIAL_TOKENS),
+        prompt_style="icae-v2",
     )
     state = {"memory_embeddings": memory[:k].clone()}
     for i, task in enumerate(ICAE_SPECIAL_TOKENS):

@@ -8,7 +8,8 @@ Sections (each resumable, in this order):
 * ``reconstruction`` — autoencoding quality against context length (paper Fig. 5 / Table 3):
   windows of ``pretrain_valid.jsonl`` in token-length buckets (upper edges 100..500); greedy
   reconstruction scored by sentence BLEU-4 (averaged) and corpus BLEU-4, plus the teacher-forced
-  cross-entropy of the original tokens given ``[vectors][AE]<bos>`` (``objectives.py``).
+  cross-entropy of the original tokens given the reconstruction prompt (``[vectors][AE]<bos>`` in
+  the default prompt style, ``prompts.py``).
 * ``randomness`` — the same at one fixed length (default: the chunk size L) for normal text,
   the same tokens reversed, a patterned sequence (a random start id, then +1 each step) and
   uniformly random ids (paper Table 5).
@@ -52,6 +53,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from .data import sha256_file
+from .prompts import context_prefix_ids, prompt_style
 from .timing import machine_description
 
 # --------------------------------------------------------------------------- the paper's numbers
@@ -328,9 +330,13 @@ class Method:
         return None if self.model is None else int(self.model.config.chunk_size)
 
     def fingerprint(self) -> str:
+        """The weights' fingerprint, plus the prompt style when not the default (it changes every output)."""
         from .llm import weights_fingerprint
 
-        return "none" if self.model is None else weights_fingerprint(self.model)
+        if self.model is None:
+            return "none"
+        style = prompt_style(self.model)
+        return weights_fingerprint(self.model) + ("" if style == "default" else f"+{style}")
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -455,7 +461,6 @@ def compress_ids(method: Method, ids: list[int]):
     """A CompressedContext of exact token ids (random sequences do not survive decode/encode)."""
     from .compressor import encode
     from .context import VERSION, CompressedContext
-    from .modeling_icformer import chunk_bounds
     from .timing import now
 
     cc, model = method.cc, method.model
@@ -464,7 +469,7 @@ def compress_ids(method: Method, ids: list[int]):
     seconds = now(cc.device) - start
     metadata = dict(
         method=method.method, llm=cc.target.name, llm_hash=cc.target.fingerprint, hidden_size=cc.target.hidden_size,
-        k=method.k, L=method.L, num_chunks=len(chunk_bounds(len(ids), method.L)), num_tokens=len(ids),
+        k=method.k, L=method.L, num_chunks=len(vectors) // method.k, num_tokens=len(ids),
         version=VERSION, trained=method.trained, device=str(cc.device), batch_size=1,
     )
     return CompressedContext(vectors=vectors, metadata=metadata, timings={"compress_s": seconds})
@@ -472,11 +477,12 @@ def compress_ids(method: Method, ids: list[int]):
 
 @torch.no_grad()
 def reconstruction_ce(method: Method, ids: list[int]) -> float:
-    """Mean token cross-entropy (nats) of `ids` + EOS given [vectors][AE]<bos>, teacher-forced."""
+    """Mean token cross-entropy (nats) of `ids` + EOS given the method's reconstruction prompt
+    ([vectors][AE]<bos> in the default style), teacher-forced."""
     from .objectives import CompressionObjective, autoencoding_example
 
     objective = CompressionObjective(method.model, method.cc.target)
-    loss, _ = objective([autoencoding_example(method.cc.tokenizer, ids)])
+    loss, _ = objective([autoencoding_example(method.cc.tokenizer, ids, prompt_style(method.model))])
     return float(loss)
 
 
@@ -1025,7 +1031,8 @@ def _vectors(method: Method, num_tokens: int) -> int:
     """Vectors the LLM reads for a context of `num_tokens`: chunks x k, or the tokens themselves."""
     if method.model is None:
         return num_tokens
-    return math.ceil(num_tokens / method.L) * method.k
+    read = num_tokens + len(context_prefix_ids(method.cc.tokenizer, prompt_style(method.model)))
+    return math.ceil(read / method.L) * method.k
 
 
 def run_evaluation(
@@ -1149,7 +1156,7 @@ def render_readme(meta: dict[str, Any], tables: dict[str, list[dict]], bench: li
         "tokens). Greedy reconstruction of up to the "
         f"length + {s['reconstruction_extra_tokens']} tokens; sentence BLEU-4 (averaged), corpus BLEU-4, token "
         "accuracy (position-wise), and the teacher-forced cross-entropy (nats/token) of the original tokens "
-        "plus EOS given `[vectors][AE]<bos>`.",
+        "plus EOS given the reconstruction prompt (`[vectors][AE]<bos>` in the default prompt style).",
         f"- Benchmark: {meta['samples'].get('bench', bench_note or 'not run')}.",
         "",
         "Sample counts: generation dominates the cost (a few tokens per second on 2 shared CPU cores, and random "

@@ -41,8 +41,15 @@ WEIGHTS_NAME = "model.safetensors"
 # --------------------------------------------------------------------------- config
 
 
+@dataclass
 class ChunkedCompressorConfig:
-    """What IC-Former and ICAE configs share: k vectors per chunk of L tokens, JSON round trip."""
+    """What IC-Former and ICAE configs share: k vectors per chunk of L tokens, the prompt style,
+    JSON round trip."""
+
+    # How the LLM is prompted around the vectors (prompts.PROMPT_STYLES): checkpoints trained here
+    # use "default"; import-checkpoint records the style a release was trained with. Keyword-only,
+    # so subclass fields keep their positions; configs saved before it existed load as "default".
+    prompt_style: str = field(default="default", kw_only=True)
 
     @property
     def k(self) -> int:

@@ -5,6 +5,9 @@
 * fine-tuning (PwC-style QA):   template(INSTRUCTION [vectors][FT] prompt) answer </s>
   loss on the answer only, optionally plus KL to the same LLM reading the full context.
 
+The layouts shown are the "default" prompt style; a compressor imported from a release keeps
+training in its own (prompts.py), so the example builders take the compressor's style.
+
 Only the compressor (and ICAE's LoRA) learns; gradients pass through the frozen LLM.
 """
 
@@ -33,16 +36,19 @@ class Example:
     target_ids: list[int]
 
 
-def autoencoding_example(tokenizer, context_ids: list[int]) -> Example:
-    return Example(context_ids, reconstruction_layout(tokenizer), context_ids + [tokenizer.eos_token_id])
+def autoencoding_example(tokenizer, context_ids: list[int], style: str = "default") -> Example:
+    return Example(context_ids, reconstruction_layout(tokenizer, style), context_ids + [tokenizer.eos_token_id])
 
 
 def language_modelling_example(tokenizer, context_ids: list[int], continuation_ids: list[int]) -> Example:
     return Example(context_ids, Layout([], "LM", []), continuation_ids + [tokenizer.eos_token_id])
 
 
-def question_example(tokenizer, context_ids: list[int], question: str, answer_ids: list[int]) -> Example:
-    return Example(context_ids, question_layout(tokenizer, question), answer_ids + [tokenizer.eos_token_id])
+def question_example(
+    tokenizer, context_ids: list[int], question: str, answer_ids: list[int], style: str = "default"
+) -> Example:
+    layout = question_layout(tokenizer, question, style=style)
+    return Example(context_ids, layout, answer_ids + [tokenizer.eos_token_id])
 
 
 class CompressionObjective(nn.Module):

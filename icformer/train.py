@@ -31,6 +31,7 @@ from .objectives import (
     language_modelling_example,
     question_example,
 )
+from .prompts import prompt_style
 from .timing import machine_description
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs" / "train"
@@ -96,12 +97,15 @@ class TrainConfig:
 
 
 class SampleStream:
-    """Deterministic examples: sample i is drawn from (seed, i) alone, on every process."""
+    """Deterministic examples: sample i is drawn from (seed, i) alone, on every process.
 
-    def __init__(self, rows: list[dict], tokenizer, config: TrainConfig) -> None:
+    `style`: the compressor's prompt style (prompts.py), so a checkpoint keeps its layouts.
+    """
+
+    def __init__(self, rows: list[dict], tokenizer, config: TrainConfig, style: str = "default") -> None:
         if not rows:
             raise ValueError("no training rows")
-        self.rows, self.tokenizer, self.config = rows, tokenizer, config
+        self.rows, self.tokenizer, self.config, self.style = rows, tokenizer, config, style
         self._ids: dict[int, list[int]] = {}
 
     def _tokens(self, index: int, text: str) -> list[int]:
@@ -121,7 +125,7 @@ class SampleStream:
             context = self._tokens(index, row["input"])
             context = context[: cfg.chunk_size * 8]  # keep the compressed prompt bounded
             answer = self.tokenizer(row["answer"], add_special_tokens=False)["input_ids"][: cfg.max_answer_tokens]
-            return question_example(self.tokenizer, context, row["prompt"], answer)
+            return question_example(self.tokenizer, context, row["prompt"], answer, self.style)
         ids = self._tokens(index, row["text"])
         window = cfg.context_tokens or cfg.chunk_size
         use_lm = cfg.method == "icae" and rng.random() < cfg.lm_ratio and len(ids) > window + 1
@@ -130,7 +134,7 @@ class SampleStream:
         context = ids[start : start + window] or ids[:1]
         if use_lm:
             return language_modelling_example(self.tokenizer, context, ids[start + window : start + span])
-        return autoencoding_example(self.tokenizer, context)
+        return autoencoding_example(self.tokenizer, context, self.style)
 
     def batch(self, first: int, size: int) -> list[Example]:
         return [self.example(first + j) for j in range(size)]
@@ -358,9 +362,10 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     if checkpoint is not None:
         step = restore_trainer_state(checkpoint, accelerator, objective, optimizer, scheduler)
 
-    train_stream = SampleStream(load_rows(config, "train"), target.tokenizer, config)
+    style = prompt_style(compressor)
+    train_stream = SampleStream(load_rows(config, "train"), target.tokenizer, config, style)
     valid_rows = load_rows(config, "valid")[: config.eval_samples]
-    valid_stream = SampleStream(valid_rows, target.tokenizer, config) if valid_rows else None
+    valid_stream = SampleStream(valid_rows, target.tokenizer, config, style) if valid_rows else None
     log_path = out_dir / "metrics.jsonl"
     _truncate_log(log_path, step)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
