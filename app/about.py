@@ -76,9 +76,11 @@ PROFILE_CHOICE_HTML = (
 LIMITATIONS_MD = """
 ### Limitations of this demo
 
-- **Untrained weights are noise.** Until finished checkpoints are in `assets/checkpoints/`, the compressors
-  are random (or from an unfinished training run): the banner says so, answers and reconstructions are gibberish, and only the
-  timings, FLOPs and memory numbers are meaningful.
+- **Lightly trained.** The checkpoints in `assets/checkpoints/` were trained for minutes on 2 CPU cores, a tiny
+  fraction of the paper's GPU training; each one's model card (its path is in the model table) gives the samples seen
+  and its held-out reconstruction BLEU. Answers and reconstructions read like the training prose but miss the
+  content; the timings, FLOPs and memory numbers are the meaningful part. A missing checkpoint is replaced by
+  random weights, and a banner says so.
 - **Small model.** The embedded default is SmolLM2-135M-Instruct with k=32 digests per 128-token chunk
   (the paper: Llama-2-7B, 128 per 512). Quality does not carry over one-to-one from the paper.
 - **CPU timings.** On CPU, times are wall-clock of one request on a shared machine; the paper's speed-ups were

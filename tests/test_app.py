@@ -39,6 +39,11 @@ STORY = (
 # ---------------------------------------------------------------------- fixtures and helpers
 
 
+def connect(url: str) -> Client:
+    """A client patient enough for a loaded 2-core machine (httpx's default is 5 s per read)."""
+    return Client(url, verbose=False, httpx_kwargs={"timeout": 120})
+
+
 def tiny_factory(llm_dir: Path):
     """A factory for the app: its own tiny LLM copy (an ICAE adapter is injected into it) + both compressors."""
 
@@ -145,7 +150,7 @@ def served(tiny_llm_dir, results_dir):
 
 @pytest.fixture(scope="module")
 def client(served):
-    return Client(served[1], verbose=False)
+    return connect(served[1])
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +331,7 @@ def test_eight_concurrent_clients_get_their_own_results(served, cc):
 
     def visit(i: int) -> None:
         try:
-            c = Client(url, verbose=False)
+            c = connect(url)
             compressed = c.predict(contexts[i], api_name="/compress")[4]
             answered = c.predict(contexts[i], f"What does client {i} write?", 8, api_name="/ask")[-1]
             results[i] = (compressed, answered)
@@ -391,7 +396,7 @@ def test_a_profile_that_cannot_load_falls_back_and_says_why(unavailable_paper_pr
     service.get()
     url = launch(demo)
     try:
-        status = Client(url, verbose=False).predict(api_name="/status")
+        status = connect(url).predict(api_name="/status")
     finally:
         demo.close()
     assert status["state"] == "ready" and status["requested_profile"] == "paper"

@@ -41,3 +41,25 @@ def test_full_context_answer_is_sensible(cc):
     """The frozen LLM itself works through our prompt layout: with the full context it can answer."""
     a = cc.answer(STORY, "What is the narrator's name? Answer with the name only.", method="full", max_new_tokens=12)
     assert "ishmael" in a.text.lower()
+
+
+def test_the_committed_checkpoints_are_trained_and_described_by_their_cards():
+    """assets/checkpoints/ holds finished runs: from_default loads them without a warning, and each
+    card describes exactly the weights beside it."""
+    from icformer.data import sha256_file
+    from icformer.evaluate import default_no_pretrain_dir
+    from icformer.modeling_icformer import WEIGHTS_NAME
+    from icformer.publish import read_card
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrainedWarning)
+        cc = ContextCompressor.from_default(device="cpu")
+    no_pretrain = default_no_pretrain_dir()
+    for model_dir in (cc.icformer.source_dir, cc.icae.source_dir, no_pretrain):
+        card = read_card(model_dir)
+        assert card is not None, f"no model card in {model_dir}"
+        assert card["weights_sha256"] == sha256_file(model_dir / WEIGHTS_NAME)
+        assert all(stage["samples_seen"] > 0 for stage in card["stages"])
+    assert cc.icformer.trained and cc.icae.trained
+    icformer_samples = [s["samples_seen"] for s in read_card(cc.icformer.source_dir)["stages"]]
+    assert icformer_samples == [s["samples_seen"] for s in read_card(cc.icae.source_dir)["stages"]]  # same budget
