@@ -1159,10 +1159,10 @@ def render_readme(meta: dict[str, Any], tables: dict[str, list[dict]], bench: li
         "plus EOS given the reconstruction prompt (`[vectors][AE]<bos>` in the default prompt style).",
         f"- Benchmark: {meta['samples'].get('bench', bench_note or 'not run')}.",
         "",
-        "Sample counts: generation dominates the cost (a few tokens per second on 2 shared CPU cores, and random "
-        "weights rarely stop before the limit), so the full run's defaults (`EvalSettings`: "
+        "Sample counts: generation dominates the cost (a few tokens per second on 2 shared CPU cores, and weak "
+        "compressors rarely stop before the limit), so the full run's defaults (`EvalSettings`: "
         f"{d.qa_samples} questions, {d.length_samples} windows per bucket, {d.randomness_samples} sequences per "
-        f"randomness kind, benchmark batches of at most {d.bench_max_batch_tokens} tokens) keep it to about an "
+        f"randomness kind, benchmark batches of at most {d.bench_max_batch_tokens} tokens) keep it under an "
         "hour there; `--quick` (`EvalSettings.quick()`: "
         f"{q.qa_samples} questions of at most {q.max_new_tokens} new tokens, {q.length_samples} window per bucket "
         f"{', '.join(map(str, q.length_buckets))}, {q.randomness_samples} sequence per kind at "
