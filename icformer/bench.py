@@ -231,7 +231,7 @@ def environment(cc: ContextCompressor) -> dict[str, Any]:
         date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         device=str(device),
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        dtype=str(cc.target.dtype).removeprefix("torch."),
+        dtype=cc.target.dtype_name,
         torch=torch.__version__,
         transformers=transformers.__version__,
         threads=torch.get_num_threads(),

@@ -200,7 +200,7 @@ class ContextCompressor:
                     method=method,
                     llm=self.target.name,
                     llm_hash=self.target.fingerprint,
-                    llm_dtype=str(self.target.dtype).removeprefix("torch."),
+                    llm_dtype=self.target.dtype_name,
                     hidden_size=self.target.hidden_size,
                     k=k,
                     L=L,
@@ -233,7 +233,7 @@ class ContextCompressor:
     def _check_compatible(self, context: CompressedContext) -> None:
         meta = context.metadata
         if meta["llm_hash"] != self.target.fingerprint or meta["hidden_size"] != self.target.hidden_size:
-            dtype = str(self.target.dtype).removeprefix("torch.")
+            dtype = self.target.dtype_name
             why = ""  # the hash covers the weights' dtype: the same LLM loaded as bf16 on GPU differs from fp32
             if meta.get("llm_dtype") not in (None, dtype):
                 why = f" It was compressed with the weights in {meta['llm_dtype']}, this LLM runs in {dtype}."

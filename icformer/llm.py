@@ -75,6 +75,11 @@ class TargetLLM:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @property
+    def dtype_name(self) -> str:
+        """The weights' dtype as metadata and reports name it: float32, bfloat16, ..."""
+        return str(self.dtype).removeprefix("torch.")
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Input word embeddings of ``input_ids`` (moved to the model's device)."""
         embedding = self.model.get_input_embeddings()
