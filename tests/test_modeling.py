@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from icformer import ICFormerConfig, ICFormerModel
-from icformer.modeling_icformer import apply_rope, chunk_bounds
+from icformer.modeling_icformer import chunk_bounds
 
 H, K, L = 32, 4, 16
 
@@ -126,21 +126,28 @@ def test_batched_compression_equals_one_at_a_time():
         assert torch.allclose(vec, alone, atol=1e-5)
 
 
+def llama_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """RoPE as Llama writes it, x [1, heads, T, d]: x * cos + rotate_half(x) * sin."""
+    angles = positions.to(inv_freq.dtype)[:, None] * inv_freq
+    angles = torch.cat([angles, angles], dim=-1).to(x.dtype)
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * angles.cos() + rotated * angles.sin()
+
+
 def reference_digests(model: ICFormerModel, chunk: torch.Tensor) -> torch.Tensor:
     """One unpadded chunk as the paper writes it: keys/values = [context; digests], all per chunk."""
-    n, k = len(chunk), model.config.num_digest_tokens
+    n, k, freqs = len(chunk), model.config.num_digest_tokens, model.rope.inv_freq
     digests = model.digest_embeddings.to(chunk.dtype)[None]
     keys_values = torch.cat([chunk[None], digests], dim=1)
-    rope_q = model.rope(torch.arange(n, n + k)[None], chunk.dtype)
-    rope_kv = model.rope(torch.arange(n + k)[None], chunk.dtype)
     mask = torch.cat([torch.ones(k, n, dtype=torch.bool), torch.ones(k, k, dtype=torch.bool).tril()], dim=-1)
     x = digests
     for layer in model.layers:
         attn = layer.attn
         heads = lambda t: t.view(1, -1, attn.num_heads, attn.head_dim).transpose(1, 2)  # noqa: E731
-        q = apply_rope(heads(attn.q_proj(layer.query_norm(x))), *rope_q)
+        q = llama_rope(heads(attn.q_proj(layer.query_norm(x))), torch.arange(n, n + k), freqs)
         kv = layer.kv_norm(keys_values)
-        keys, values = apply_rope(heads(attn.k_proj(kv)), *rope_kv), heads(attn.v_proj(kv))
+        keys, values = llama_rope(heads(attn.k_proj(kv)), torch.arange(n + k), freqs), heads(attn.v_proj(kv))
         scores = (q @ keys.transpose(-1, -2) / attn.head_dim**0.5).masked_fill(~mask, float("-inf"))
         x = x + attn.o_proj((scores.softmax(-1) @ values).transpose(1, 2).reshape(1, k, -1))
         x = x + layer.ffn(layer.ffn_norm(x))
