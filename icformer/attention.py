@@ -1,0 +1,149 @@
+"""Where IC-Former's digests look: the paper's attention analysis, as numbers.
+
+The paper (§4, PAPER.md) finds that after pre-training each last-layer digest attends to
+3-5 consecutive context tokens, in order: a diagonal band. A model without pre-training
+shows none. That band is the sign that the digests divide the context among themselves,
+so it is worth checking on any checkpoint, and it shows early in training whether a run
+is heading there.
+
+`python -m icformer attention` compares checkpoints (by default the committed IC-Former
+with and without pre-training) over the first chunk of each example context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .modeling_icformer import ICFormerModel
+
+BAND_WINDOW = 5  # consecutive context tokens: the paper's band is 3-5 tokens wide
+
+
+@dataclass
+class BandStatistics:
+    """How much one layer's digest attention looks like the paper's diagonal band.
+
+    order_correlation: Spearman correlation between a digest's index and the mean context
+      position it attends to (1: digests read the context in order; about 0: no order).
+    in_order: fraction of consecutive digests whose mean position moves forward.
+    window_mass: attention on the best `window` consecutive context tokens, over all the
+      attention on context tokens (a band: near 1; uniform attention: window / n).
+    uniform_window_mass: what window_mass would be for uniform attention, for scale.
+    context_mass: attention on context tokens rather than on the digests themselves.
+
+    Read order_correlation together with window_mass: near-uniform attention still has
+    slightly ordered mean positions (RoPE's mild recency bias), so order without mass
+    concentrated in a window is not a band.
+    """
+
+    order_correlation: float
+    in_order: float
+    window_mass: float
+    uniform_window_mass: float
+    context_mass: float
+
+
+def digest_attention(model: ICFormerModel, context_embeds: torch.Tensor) -> torch.Tensor:
+    """Head-averaged attention of every layer's digests over one chunk: [layers, k, n + k].
+
+    `context_embeds` [n, h] with n <= L: the analysis is of one chunk, as in the paper.
+    """
+    if context_embeds.shape[0] > model.config.chunk_size:
+        raise ValueError(f"{context_embeds.shape[0]} tokens is more than one chunk (L={model.config.chunk_size})")
+    with torch.no_grad():
+        _, attentions = model(context_embeds[None].to(model.digest_embeddings.dtype), return_attentions=True)
+    return torch.stack([a[0].float().mean(0) for a in attentions])
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks with ties averaged (Spearman's convention), so equal values carry no order."""
+    less = (x[None, :] < x[:, None]).sum(1)
+    equal = (x[None, :] == x[:, None]).sum(1)
+    return less + (equal - 1) / 2
+
+
+def band_statistics(weights: torch.Tensor, num_context: int, window: int = BAND_WINDOW) -> BandStatistics:
+    """Sum up one layer's attention `weights` [k, n + k] whose first `num_context` keys are context."""
+    context = weights[:, :num_context].double()
+    mass = context.sum(-1)
+    share = context / mass.clamp_min(1e-12)[:, None]
+    centroid = share @ torch.arange(num_context, dtype=torch.float64)
+    index = torch.arange(len(centroid), dtype=torch.float64)
+    order = torch.corrcoef(torch.stack([_ranks(index), _ranks(centroid)]).double())[0, 1]
+    width = min(window, num_context)
+    best_window = share.unfold(-1, width, 1).sum(-1).amax(-1)
+    return BandStatistics(
+        order_correlation=float(torch.nan_to_num(order)),  # constant centroids: no order at all
+        in_order=float((centroid.diff() > 0).double().mean()) if len(centroid) > 1 else 1.0,
+        window_mass=float(best_window.mean()),
+        uniform_window_mass=width / num_context,
+        context_mass=float(mass.mean()),
+    )
+
+
+def analyse(model: ICFormerModel, chunks: list[torch.Tensor], window: int = BAND_WINDOW) -> list[BandStatistics]:
+    """Band statistics per layer, averaged over `chunks` ([n_i, h] word embeddings, n_i <= L)."""
+    per_chunk = [[band_statistics(w, len(c), window) for w in digest_attention(model, c)] for c in chunks]
+    if not per_chunk:
+        raise ValueError("no chunks to analyse")
+    layers = []
+    for stats in zip(*per_chunk):
+        rows = [asdict(s) for s in stats]
+        layers.append(BandStatistics(**{key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}))
+    return layers
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument("checkpoints", nargs="*", type=Path,
+                        help="IC-Former checkpoint dirs (default: assets/checkpoints/icformer and icformer-no-pretrain)")
+    parser.add_argument("--texts", nargs="+", type=Path, default=None,
+                        help="text or example .json files (default: assets/examples/*.json); the first chunk of each")
+    parser.add_argument("--llm", default=None, help="HF id, local dir or .gguf (default: embedded SmolLM2)")
+    parser.add_argument("--window", type=int, default=BAND_WINDOW, help="band width in tokens")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+
+def _read_text(path: Path) -> str:
+    if path.suffix == ".json":
+        return json.loads(path.read_text())["text"]
+    return path.read_text()
+
+
+def run(args: argparse.Namespace) -> int:
+    from .compressor import ASSETS_DIR
+    from .llm import load_llm
+
+    checkpoints = args.checkpoints or [ASSETS_DIR / "checkpoints" / name for name in ("icformer", "icformer-no-pretrain")]
+    texts = args.texts or sorted((ASSETS_DIR / "examples").glob("*.json"))
+    names = [path.name for path in checkpoints]
+    if len(set(names)) < len(names):  # same folder name in two places: tell them apart by path
+        names = [str(path) for path in checkpoints]
+    models = {name: ICFormerModel.from_pretrained(path).eval() for name, path in zip(names, checkpoints)}
+    target = load_llm(args.llm, device="cpu")
+    results = {}
+    for name, model in models.items():
+        if model.config.hidden_size != target.hidden_size:
+            raise ValueError(f"{name} has hidden size {model.config.hidden_size}, the LLM {target.hidden_size}")
+        chunks = [target.embed(torch.tensor(target.tokenizer(_read_text(t))["input_ids"][: model.config.chunk_size]))
+                  for t in texts]
+        results[name] = {"trained": model.trained, "texts": len(chunks),
+                         "layers": [asdict(s) for s in analyse(model, chunks, args.window)]}
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"Digest attention over the first chunk of {len(texts)} text(s); band = {args.window} consecutive tokens")
+    width = max(len("checkpoint"), *(len(name) for name in results))
+    print(f"{'checkpoint':<{width}} trained  layer  order_corr  in_order  window_mass (uniform)  context_mass")
+    for name, result in results.items():
+        for layer, s in enumerate(result["layers"], 1):
+            print(f"{name:<{width}} {'yes' if result['trained'] else 'no':>7} {layer:>6}  {s['order_correlation']:>10.3f}  {s['in_order']:>8.3f}  "
+                  f"{s['window_mass']:>11.3f} ({s['uniform_window_mass']:.3f})  {s['context_mass']:>12.3f}")
+    return 0
