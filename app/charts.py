@@ -133,3 +133,18 @@ def bleu_length_figure(frame: pd.DataFrame | None) -> go.Figure:
     fig.update_yaxes(range=[0, 1.05])
     return _layout(fig, "Reconstruction BLEU-4 vs context length", "context length bucket (tokens, upper edge)",
                    "BLEU-4")
+
+
+def attention_figure(tokens: list[str], weights, layer: int) -> go.Figure:
+    """Heatmap of one layer's digest attention ([k, n + k]) over the context tokens only."""
+    context = [[float(v) for v in row[: len(tokens)]] for row in weights]
+    # Positions keep repeated tokens apart on the axis; hover shows the token itself.
+    ticks = [f"{i}:{t.strip() or '␣'}" for i, t in enumerate(tokens)]
+    fig = go.Figure(go.Heatmap(z=context, x=ticks, y=list(range(1, len(context) + 1)), colorscale="Blues",
+                               colorbar=dict(title="attention"),
+                               hovertemplate="digest %{y} → %{x}<br>attention %{z:.3f}<extra></extra>"))
+    fig = _layout(fig, f"Layer {layer}: each digest's attention over the context", "context token",
+                  "digest", height=420)
+    fig.update_yaxes(autorange="reversed", tickmode="linear", tick0=1, dtick=max(1, len(context) // 16))
+    fig.update_xaxes(tickangle=-60, nticks=32)
+    return fig

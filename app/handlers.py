@@ -546,6 +546,32 @@ class Handlers:
                        trained=result.trained, diff_counts=counts)
         return spans, stats, result.text, summary, state
 
+    # ------------------------------------------------------------------ attention
+
+    @friendly_errors
+    def attention(self, text: str, progress=gr.Progress()):
+        """IC-Former's digest attention over the context's first chunk: heatmap, band numbers, JSON."""
+        from icformer.attention import context_attention
+
+        text = check_text(text, "context", self.max_chars)
+        progress(0.0, desc="Waiting for the model…")
+        with self.service.session(self._waiter(progress)) as cc:
+            report = context_attention(cc, text)
+        last = len(report.layers)
+        figure = charts.attention_figure(report.tokens, report.weights[-1].tolist(), last)
+        rows = [(i, f"{s.order_correlation:.2f}", f"{s.in_order:.2f}",
+                 f"{s.window_mass:.3f} (uniform {s.uniform_window_mass:.3f})", f"{s.context_mass:.2f}")
+                for i, s in enumerate(report.layers, 1)]
+        html = table_html(("layer", "order correlation", "moves forward", "best 5-token window", "on context"), rows)
+        html += (f"<div class='icf-muted'>The first {len(report.tokens)} tokens (one chunk). A pre-trained IC-Former "
+                 "in the paper shows a diagonal band in its last layer: each digest on 3-5 consecutive tokens, in "
+                 "order (order correlation near 1, most attention in one window).</div>")
+        if not report.trained:
+            html += banner("warn", "Untrained compressor: its attention is noise.")
+        summary = dict(num_tokens=len(report.tokens), trained=report.trained,
+                       layers=[vars(s) for s in report.layers])
+        return figure, html, summary
+
     # ------------------------------------------------------------------ speed
 
     def _committed_note(self) -> tuple[pd.DataFrame | None, str]:

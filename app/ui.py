@@ -12,6 +12,8 @@ api_name            inputs                                                     o
                                                                                headline html, summary json
 /reconstruct        context, method ("icformer"|"icae"), max_new_tokens        diff spans, stats html,
                                                                                text, summary json
+/attention          context                                                    heatmap plot, stats html,
+                                                                               summary json
 /bench              lengths (list[int]), log_scale                             time plot, FLOPs plot,
                                                                                table, rows json
 /speed_reference    log_scale                                                  time plot, FLOPs plot, note
@@ -203,6 +205,11 @@ def build_demo(
                 with gr.Accordion("Reconstructed text", open=False):
                     rec_text = gr.Textbox(show_label=False, lines=6, interactive=False)
                     rec_json = gr.JSON(label="reconstruction summary")
+                with gr.Accordion("Where the digests look (IC-Former attention)", open=False):
+                    att_btn = gr.Button("Show attention", elem_id="icf-attention")
+                    att_plot = gr.Plot(show_label=False, elem_id="icf-attention-plot")
+                    att_stats = gr.HTML(elem_id="icf-attention-stats")
+                    att_json = gr.JSON(label="attention summary")
 
             # ------------------------------------------------------------ Speed
             with gr.Tab("Speed", id="speed") as speed_tab:
@@ -272,7 +279,7 @@ def build_demo(
                 gr.Markdown(about.CITATIONS_MD)
 
         # ---------------------------------------------------------------- wiring
-        model_buttons = [compress_btn, ask_btn, rec_btn, bench_btn]
+        model_buttons = [compress_btn, ask_btn, rec_btn, att_btn, bench_btn]
 
         def lock():
             return [gr.update(interactive=False) for _ in model_buttons]
@@ -308,6 +315,7 @@ def build_demo(
                    [*ask_outputs, ask_headline, ask_json, session], "ask")
         run_locked([rec_btn.click], h.reconstruct, [context, rec_method, rec_max, session],
                    [rec_diff, rec_stats, rec_text, rec_json, session], "reconstruct")
+        run_locked([att_btn.click], h.attention, [context], [att_plot, att_stats, att_json], "attention")
         run_locked([bench_btn.click], h.bench, [lengths, log_scale],
                    [speed_plot, flops_plot, bench_table, bench_json, live_rows], "bench")
 

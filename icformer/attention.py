@@ -17,9 +17,15 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .modeling_icformer import ICFormerModel
+from .prompts import context_prefix_ids, prompt_style
+
+if TYPE_CHECKING:
+    from .compressor import ContextCompressor
 
 BAND_WINDOW = 5  # consecutive context tokens: the paper's band is 3-5 tokens wide
 
@@ -96,6 +102,27 @@ def analyse(model: ICFormerModel, chunks: list[torch.Tensor], window: int = BAND
         rows = [asdict(s) for s in stats]
         layers.append(BandStatistics(**{key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}))
     return layers
+
+
+@dataclass
+class AttentionReport:
+    """IC-Former's attention over the first chunk of one context, for display."""
+
+    tokens: list[str]  # the chunk's context tokens as text pieces
+    weights: torch.Tensor  # [layers, k, n + k], head-averaged (digest_attention)
+    layers: list[BandStatistics]
+    trained: bool
+
+
+def context_attention(cc: "ContextCompressor", text: str | bytes, window: int = BAND_WINDOW) -> AttentionReport:
+    """Where `cc`'s IC-Former digests look in the first chunk of `text` (the tokens it compresses)."""
+    model = cc.icformer
+    ids = (context_prefix_ids(cc.tokenizer, prompt_style(model)) + cc.tokenize(text))[: model.config.chunk_size]
+    weights = digest_attention(model, cc.target.embed(torch.tensor(ids, device=cc.device))).cpu()
+    return AttentionReport(
+        tokens=[cc.tokenizer.decode([i]) for i in ids], weights=weights,
+        layers=[band_statistics(w, len(ids), window) for w in weights], trained=model.trained,
+    )
 
 
 # --------------------------------------------------------------------------- CLI

@@ -171,7 +171,7 @@ def app_error(call) -> str:
 
 def test_named_endpoints(client):
     names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
-    for name in ("compress", "ask", "reconstruct", "bench", "speed_reference", "dashboard", "samples", "sample",
+    for name in ("compress", "ask", "reconstruct", "attention", "bench", "speed_reference", "dashboard", "samples", "sample",
                  "example", "status"):
         assert f"/{name}" in names, names
 
@@ -246,6 +246,14 @@ def test_reconstruct_shows_a_word_diff_and_bleu(client, cc):
     labels = {s["class_or_confidence"] for s in spans}
     assert labels <= {None, "missing", "added"} and "missing" in labels
     assert summary["text"] == text
+
+
+def test_attention_shows_the_digests_heatmap_and_band_numbers(client, cc):
+    plot, stats, summary = client.predict(STORY, api_name="/attention")
+    assert summary["num_tokens"] == min(len(cc.tokenize(STORY)), cc.icformer.config.chunk_size)
+    assert len(summary["layers"]) == cc.icformer.config.num_layers and summary["trained"] is False
+    assert "heatmap" in json.dumps(plot) and "window" in stats and "Untrained" in stats
+    assert "empty" in app_error(lambda: client.predict("", api_name="/attention"))
 
 
 def test_bench_runs_the_library_benchmark(client, cc):

@@ -70,3 +70,16 @@ def test_cli_compares_checkpoints(tiny_target, tiny_llm_dir, tmp_path, capsys):
     assert results["first"]["layers"] != results["second"]["layers"]  # different weights, different maps
     assert main(args[:-1]) == 0
     assert "order_corr" in capsys.readouterr().out
+
+
+def test_context_attention_reads_the_first_chunk_the_compressor_sees(tiny_compressor):
+    from icformer.attention import context_attention
+
+    text = "The river ran slowly past the mill, carrying leaves and small branches toward the sea. " * 3
+    report = context_attention(tiny_compressor, text)
+    ids = tiny_compressor.tokenize(text)[:TINY_L]
+    assert report.tokens == [tiny_compressor.tokenizer.decode([i]) for i in ids]
+    assert report.weights.shape == (tiny_compressor.icformer.config.num_layers, TINY_K, TINY_L + TINY_K)
+    assert len(report.layers) == tiny_compressor.icformer.config.num_layers and report.trained is False
+    with pytest.raises(ValueError):
+        context_attention(tiny_compressor, "   ")

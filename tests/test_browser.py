@@ -1,4 +1,5 @@
-"""The real page in headless Chromium: paste, compress, ask, see three answers, open the Evaluation tab.
+"""The real page in headless Chromium: paste, compress, ask, see three answers, the attention heatmap,
+the Evaluation tab.
 
 Runs on the tiny test model (the page and its wiring are under test, not answer quality) with a
 synthetic results directory. Needs Debian's chromium at /usr/bin/chromium (CI installs it; this
@@ -90,6 +91,15 @@ def test_compress_ask_and_evaluation_in_chromium(page_url, shots):
             expect(page.get_by_text("The context is empty").first).to_be_visible()
             expect(page.locator("#icf-compress")).to_be_enabled()
             assert "Traceback" not in page.content()
+
+            # Reconstruct tab: IC-Former's attention heatmap over the context's first chunk.
+            page.locator("#icf-context textarea").fill(STORY)
+            page.get_by_role("tab", name="Reconstruct").click()
+            page.get_by_text("Where the digests look").click()
+            page.locator("#icf-attention").click()
+            expect(page.locator("#icf-attention-plot .js-plotly-plot").first).to_be_visible()
+            expect(page.locator("#icf-attention-stats")).to_contain_text("5-token window")
+            page.screenshot(path=str(shots / "attention.png"), full_page=True)
 
             page.get_by_role("tab", name="Evaluation").click()
             qa_plot = page.locator("#icf-qa-plot")
