@@ -114,10 +114,22 @@ class AttentionReport:
     trained: bool
 
 
+def first_chunk_ids(tokenizer, model: ICFormerModel, ids: list[int]) -> list[int]:
+    """The ids of the first chunk `model` compresses: its prompt style's context prefix, then `ids`."""
+    return (context_prefix_ids(tokenizer, prompt_style(model)) + list(ids))[: model.config.chunk_size]
+
+
+def analyse_ids(target, model: ICFormerModel, contexts: list[list[int]], window: int = BAND_WINDOW):
+    """`analyse` over the first chunk of each context (token ids), embedded by `target` (a TargetLLM)."""
+    chunks = [target.embed(torch.tensor(first_chunk_ids(target.tokenizer, model, ids), device=target.device))
+              for ids in contexts]
+    return analyse(model, chunks, window)
+
+
 def context_attention(cc: "ContextCompressor", text: str | bytes, window: int = BAND_WINDOW) -> AttentionReport:
     """Where `cc`'s IC-Former digests look in the first chunk of `text` (the tokens it compresses)."""
     model = cc.icformer
-    ids = (context_prefix_ids(cc.tokenizer, prompt_style(model)) + cc.tokenize(text))[: model.config.chunk_size]
+    ids = first_chunk_ids(cc.tokenizer, model, cc.tokenize(text))
     weights = digest_attention(model, cc.target.embed(torch.tensor(ids, device=cc.device))).cpu()
     return AttentionReport(
         tokens=[cc.tokenizer.decode([i]) for i in ids], weights=weights,
@@ -159,10 +171,9 @@ def run(args: argparse.Namespace) -> int:
     for name, model in models.items():
         if model.config.hidden_size != target.hidden_size:
             raise ValueError(f"{name} has hidden size {model.config.hidden_size}, the LLM {target.hidden_size}")
-        chunks = [target.embed(torch.tensor(target.tokenizer(_read_text(t))["input_ids"][: model.config.chunk_size]))
-                  for t in texts]
-        results[name] = {"trained": model.trained, "texts": len(chunks),
-                         "layers": [asdict(s) for s in analyse(model, chunks, args.window)]}
+        contexts = [target.tokenizer(_read_text(t), add_special_tokens=False)["input_ids"] for t in texts]
+        results[name] = {"trained": model.trained, "texts": len(contexts),
+                         "layers": [asdict(s) for s in analyse_ids(target, model, contexts, args.window)]}
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -148,6 +148,13 @@ def test_writes_the_documented_schema_and_the_app_reads_it(cc, data_dir, tmp_pat
     assert measured[("ICAE formula at Llama-2-7B sizes", "flops")]["ours"] == pytest.approx(8.50e12, rel=0.01)
     assert measured[("IC-Former formula at Llama-2-7B sizes", "flops")]["ours"] == pytest.approx(2.62e11, rel=0.01)
 
+    attention = result["tables"]["attention_by_layer"]
+    layers = cc.icformer.config.num_layers
+    assert [(r["method"], r["layer"]) for r in attention] == [
+        (m, i) for m in ("icformer", "icformer-no-pretrain") for i in range(1, layers + 1)]
+    assert all(r["n"] == 8 and 0 < r["window_mass"] <= 1 and -1 <= r["order_correlation"] <= 1 for r in attention)
+    assert attention[0]["trained"] is False
+
     meta = json.loads((out / "meta.json").read_text())
     assert {"llm", "device", "trained", "trained_by_method", "date", "commit", "command", "torch", "threads"} <= set(
         meta)
@@ -155,6 +162,7 @@ def test_writes_the_documented_schema_and_the_app_reads_it(cc, data_dir, tmp_pat
     assert meta["command"] == "pytest" and meta["status"] == "complete"
     readme = (out / "README.md").read_text()
     assert "Random weights" in readme and "`pytest`" in readme and meta["date"] in readme
+    assert "## Attention analysis" in readme
 
     # The app's Evaluation and Speed tabs read all of it.
     res = load_results(out)
@@ -163,7 +171,7 @@ def test_writes_the_documented_schema_and_the_app_reads_it(cc, data_dir, tmp_pat
     assert set(res.reconstruction["length_bucket"]) == {20, 40}
     assert "ours/paper" in res.paper_vs_ours.columns
     assert len(res.samples) == 4 and res.sample_methods == methods
-    assert {"qa_by_task", "reconstruction_by_randomness"} <= set(res.extra_tables)
+    assert {"qa_by_task", "reconstruction_by_randomness", "attention_by_layer"} <= set(res.extra_tables)
     bench, problems = load_bench_results(out / "bench")
     assert problems == [] and {"icformer", "icae"} <= set(bench["method"])
 
