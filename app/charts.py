@@ -135,9 +135,9 @@ def bleu_length_figure(frame: pd.DataFrame | None) -> go.Figure:
                    "BLEU-4")
 
 
-def attention_figure(tokens: list[str], weights, layer: int) -> go.Figure:
+def attention_figure(tokens: list[str], weights: list[list[float]], layer: int) -> go.Figure:
     """Heatmap of one layer's digest attention ([k, n + k]) over the context tokens only."""
-    context = [[float(v) for v in row[: len(tokens)]] for row in weights]
+    context = [row[: len(tokens)] for row in weights]
     # Positions keep repeated tokens apart on the axis; hover shows the token itself.
     ticks = [f"{i}:{t.strip() or '␣'}" for i, t in enumerate(tokens)]
     fig = go.Figure(go.Heatmap(z=context, x=ticks, y=list(range(1, len(context) + 1)), colorscale="Blues",

@@ -16,7 +16,6 @@ import argparse
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import torch
@@ -70,7 +69,7 @@ def _ranks(x: torch.Tensor) -> torch.Tensor:
     """Ranks with ties averaged (Spearman's convention), so equal values carry no order."""
     less = (x[None, :] < x[:, None]).sum(1)
     equal = (x[None, :] == x[:, None]).sum(1)
-    return less + (equal - 1) / 2
+    return (less + (equal - 1) / 2).double()
 
 
 def band_statistics(weights: torch.Tensor, num_context: int, window: int = BAND_WINDOW) -> BandStatistics:
@@ -80,7 +79,7 @@ def band_statistics(weights: torch.Tensor, num_context: int, window: int = BAND_
     share = context / mass.clamp_min(1e-12)[:, None]
     centroid = share @ torch.arange(num_context, dtype=torch.float64)
     index = torch.arange(len(centroid), dtype=torch.float64)
-    order = torch.corrcoef(torch.stack([_ranks(index), _ranks(centroid)]).double())[0, 1]
+    order = torch.corrcoef(torch.stack([_ranks(index), _ranks(centroid)]))[0, 1]
     width = min(window, num_context)
     best_window = share.unfold(-1, width, 1).sum(-1).amax(-1)
     return BandStatistics(
@@ -160,18 +159,18 @@ def run(args: argparse.Namespace) -> int:
     from .compressor import ASSETS_DIR
     from .llm import load_llm
 
-    checkpoints = args.checkpoints or [ASSETS_DIR / "checkpoints" / name for name in ("icformer", "icformer-no-pretrain")]
+    checkpoints = args.checkpoints or [ASSETS_DIR / "checkpoints" / n for n in ("icformer", "icformer-no-pretrain")]
     texts = args.texts or sorted((ASSETS_DIR / "examples").glob("*.json"))
     names = [path.name for path in checkpoints]
     if len(set(names)) < len(names):  # same folder name in two places: tell them apart by path
         names = [str(path) for path in checkpoints]
     models = {name: ICFormerModel.from_pretrained(path).eval() for name, path in zip(names, checkpoints)}
     target = load_llm(args.llm, device="cpu")
+    contexts = [target.tokenizer(_read_text(t), add_special_tokens=False)["input_ids"] for t in texts]
     results = {}
     for name, model in models.items():
         if model.config.hidden_size != target.hidden_size:
             raise ValueError(f"{name} has hidden size {model.config.hidden_size}, the LLM {target.hidden_size}")
-        contexts = [target.tokenizer(_read_text(t), add_special_tokens=False)["input_ids"] for t in texts]
         results[name] = {"trained": model.trained, "texts": len(contexts),
                          "layers": [asdict(s) for s in analyse_ids(target, model, contexts, args.window)]}
     if args.json:
@@ -182,6 +181,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'checkpoint':<{width}} trained  layer  order_corr  in_order  window_mass (uniform)  context_mass")
     for name, result in results.items():
         for layer, s in enumerate(result["layers"], 1):
-            print(f"{name:<{width}} {'yes' if result['trained'] else 'no':>7} {layer:>6}  {s['order_correlation']:>10.3f}  {s['in_order']:>8.3f}  "
-                  f"{s['window_mass']:>11.3f} ({s['uniform_window_mass']:.3f})  {s['context_mass']:>12.3f}")
+            print(f"{name:<{width}} {'yes' if result['trained'] else 'no':>7} {layer:>6}  "
+                  f"{s['order_correlation']:>10.3f}  {s['in_order']:>8.3f}  {s['window_mass']:>11.3f} ({s['uniform_window_mass']:.3f})  {s['context_mass']:>12.3f}")
     return 0

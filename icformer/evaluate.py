@@ -1246,8 +1246,8 @@ def render_readme(meta: dict[str, Any], tables: dict[str, list[dict]], bench: li
         "## Files",
         "",
         "Schema: the docstring of `app/results.py`. `qa_summary`, `qa_by_task`, `reconstruction_by_length`, "
-        "`reconstruction_by_randomness`, `paper_vs_ours` and `attention_by_layer` are CSV with a JSON twin; `qa_samples.jsonl` and "
-        "`reconstruction_samples.jsonl` hold every sample with its scores and timings (seconds); `meta.json` "
+        "`reconstruction_by_randomness`, `paper_vs_ours` and `attention_by_layer` are CSV with a JSON twin; "
+        "`qa_samples.jsonl` and `reconstruction_samples.jsonl` hold every sample with its scores and timings (seconds); `meta.json` "
         "records the run (`run.json`: settings, sample counts, earlier invocations); the benchmark rows are "
         f"`{meta.get('bench_source') or 'not here'}` (with its CSV twin). `.cache/` (git-ignored) keeps samples "
         "of other settings for reuse.",
