@@ -25,8 +25,10 @@ from typing import Any, Callable
 
 import torch
 
-from .compressor import ContextCompressor, encode
+from .architecture import ARCHITECTURES, random_llm
+from .compressor import EMBEDDED_COMPRESSOR, ContextCompressor, encode
 from .flops import Flops, chunk_grid, icae_flops, icformer_flops, measure_flops
+from .modeling_icformer import ICFormerConfig, ICFormerModel
 from .prompts import assemble, prompt_style, question_layout
 from .timing import cpu_name, now, peak_memory_bytes, reset_peak_memory
 
@@ -337,8 +339,27 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
                         help="skip combinations whose batch size x length exceeds this")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; use fewer on a CPU shared with other jobs)")
+    parser.add_argument("--random-weights", metavar="ARCH", default=None,
+                        help="time shapes only, for machines without the weights: the LLM built with seeded random "
+                             "weights from ARCH (an architecture directory, or one of: "
+                             f"{', '.join(ARCHITECTURES)}), and random IC-Former and ICAE")
+    parser.add_argument("--num-digest-tokens", type=int, default=EMBEDDED_COMPRESSOR["num_digest_tokens"],
+                        help="k of the random compressors (with --random-weights; the paper: 128)")
+    parser.add_argument("--chunk-size", type=int, default=EMBEDDED_COMPRESSOR["chunk_size"],
+                        help="L of the random compressors (with --random-weights; the paper: 512)")
     parser.add_argument("--out", type=Path, default=Path("out/bench"), help="directory for bench.csv/json/html")
     parser.add_argument("--json", action="store_true", help="print the JSON results instead of the table")
+
+
+def _random_compressor(args: argparse.Namespace) -> ContextCompressor:
+    """`--random-weights`: a random-weight LLM of the named architecture and a seeded random IC-Former."""
+    if args.llm or args.icformer or args.icae or args.profile:
+        raise ValueError("--random-weights builds every model from the architecture; drop --llm/--icformer/--icae/--profile")
+    target = random_llm(args.random_weights, device=args.device)
+    torch.manual_seed(0)
+    config = ICFormerConfig.for_llm(target.model.config, num_digest_tokens=args.num_digest_tokens,
+                                    chunk_size=args.chunk_size)
+    return ContextCompressor(target, ICFormerModel(config).to(target.dtype))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -346,7 +367,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    cc = with_icae(_compressor(args))
+    cc = with_icae(_random_compressor(args) if args.random_weights else _compressor(args))
     say = lambda message: print(f"[bench] {message}", file=sys.stderr, flush=True)  # noqa: E731
     rows = run_benchmark(cc, args.lengths, args.batch_sizes, args.repeats, quick=args.quick,
                          max_batch_tokens=args.max_batch_tokens, progress=say)

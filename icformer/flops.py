@@ -96,11 +96,23 @@ def icae_flops(icae: ICAEModel, num_tokens: int, batch: int = 1) -> Flops:
 
 
 def _sdpa_flops(query_shape, key_shape, value_shape, *args: Any, **kwargs: Any) -> int:
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
+    """SDPA's matmul FLOPs. With grouped-query attention (fewer K/V heads than query heads, as
+    CUDA kernels take them) every query head still computes a full score matrix."""
+    batch, heads = query_shape[:2]
+    return sdpa_flop_count(query_shape, (batch, heads, *key_shape[2:]), (batch, heads, *value_shape[2:]))
 
 
-# FlopCounterMode knows the CUDA attention kernels but not the CPU one SDPA dispatches to.
-_EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
+# FlopCounterMode does not know the CPU kernel SDPA dispatches to, and its formulas for the CUDA
+# kernels reject grouped-query shapes (SmolLM2: 9 query heads, 3 K/V heads).
+_EXTRA_FORMULAS = {
+    op: _sdpa_flops
+    for op in (
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
+        torch.ops.aten._scaled_dot_product_flash_attention,
+        torch.ops.aten._scaled_dot_product_efficient_attention,
+        torch.ops.aten._scaled_dot_product_cudnn_attention,
+    )
+}
 
 
 def measure_flops(fn: Callable[[], Any]) -> tuple[int, Any]:

@@ -303,6 +303,11 @@ def _cached_gguf_dir(gguf: Path, cache_dir: str | Path | None) -> Path:
     return target
 
 
+def embedded_dir(cache_dir: str | Path | None = None) -> Path:
+    """The converted safetensors checkpoint of the embedded default (converting it on first use)."""
+    return _cached_gguf_dir(embedded_gguf_path(cache_dir).resolve(), cache_dir)
+
+
 # --------------------------------------------------------------------------- #
 # Loading
 # --------------------------------------------------------------------------- #
@@ -504,7 +509,11 @@ def load_llm(
     else:
         model, tokenizer = _load_hub_id(name, dtype)
 
-    model.to(target_device)
+    return frozen(model.to(target_device), tokenizer, name)
+
+
+def frozen(model: Any, tokenizer: Any, name: str) -> TargetLLM:
+    """`model` in eval mode with gradients off, its tokenizer padded, as a `TargetLLM`."""
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
@@ -518,7 +527,9 @@ def load_llm(
 __all__ = [
     "EMBEDDED_NAME",
     "TargetLLM",
+    "embedded_dir",
     "embedded_gguf_path",
+    "frozen",
     "load_llm",
     "weights_fingerprint",
 ]

@@ -129,6 +129,12 @@ def chunk_bounds(num_tokens: int, chunk_size: int) -> list[tuple[int, int]]:
 # --------------------------------------------------------------------------- layers
 
 
+def rms_normalise(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x over its root mean square (in fp32, returned in x's dtype): RMSNorm without its gain."""
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float, init: float = 1.0) -> None:
         super().__init__()
@@ -136,9 +142,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return self.weight * rms_normalise(x, self.eps)
 
 
 class RotaryEmbedding(nn.Module):
@@ -158,14 +162,23 @@ class RotaryEmbedding(nn.Module):
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each pair (x_i, x_{i+d/2}) of x [B, T, heads, d] by its position's angle.
+def apply_rope(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Rotate each pair (x_i, x_{i+d/2}) of x [B or 1, T, heads, d] by its position's angle.
 
-    Equal to Llama's x * cos + rotate_half(x) * sin, in fewer passes over memory: on CPU
-    the key rotation is a visible part of compression time.
+    Equal to Llama's x * cos + rotate_half(x) * sin, in fewer passes over memory (the key
+    rotation is a visible part of compression time). With `out` (inference only: writes into
+    a buffer have no autograd) each half is rotated in place in `out`, typically a slice of a
+    larger buffer, which saves a concatenation.
     """
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([torch.addcmul(x1 * cos, x2, sin, value=-1), torch.addcmul(x2 * cos, x1, sin)], dim=-1)
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    if out is None:
+        return torch.cat([torch.addcmul(x1 * cos, x2, sin, value=-1), torch.addcmul(x2 * cos, x1, sin)], dim=-1)
+    torch.mul(x1, cos, out=out[..., :half]).addcmul_(x2, sin, value=-1)
+    torch.mul(x2, cos, out=out[..., half:]).addcmul_(x1, sin)
+    return out
 
 
 class DigestCrossAttention(nn.Module):
@@ -187,9 +200,21 @@ class DigestCrossAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.num_heads, self.head_dim)  # [B, T, heads, d]: RoPE on contiguous rows
 
-    def _keys_or_values(self, proj: nn.Linear, context: torch.Tensor, digests: torch.Tensor) -> torch.Tensor:
-        # Projecting is row-wise, so the shared digest rows are projected once and broadcast.
-        return self._heads(torch.cat([proj(context), proj(digests).expand(len(context), -1, -1)], dim=1))
+    # Projecting is row-wise, so the shared digest rows are projected once and broadcast.
+    def _keys(self, context: torch.Tensor, digests: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Rotated keys of [context; digests]; at inference RoPE writes each part straight into its rows."""
+        b, n, _ = context.shape
+        parts = ((self._heads(self.k_proj(context)), cos[:, :n], sin[:, :n]),
+                 (self._heads(self.k_proj(digests)), cos[:, n:], sin[:, n:]))
+        if torch.is_grad_enabled():
+            return torch.cat([apply_rope(*part) for part in parts], dim=1)
+        keys = context.new_empty(b, n + digests.shape[1], self.num_heads, self.head_dim)
+        for part, rows in zip(parts, (slice(None, n), slice(n, None))):
+            apply_rope(*part, out=keys[:, rows])
+        return keys
+
+    def _values(self, context: torch.Tensor, digests: torch.Tensor) -> torch.Tensor:
+        return self._heads(torch.cat([self.v_proj(context), self.v_proj(digests).expand(len(context), -1, -1)], dim=1))
 
     def forward(
         self,
@@ -203,8 +228,8 @@ class DigestCrossAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         # Heads move in front of positions ([B, heads, T, d]) only after RoPE, for the attention.
         q = apply_rope(self._heads(self.q_proj(queries)), *rope_q).transpose(1, 2)
-        k = apply_rope(self._keys_or_values(self.k_proj, context, digests), *rope_kv).transpose(1, 2)
-        v = self._keys_or_values(self.v_proj, context, digests).transpose(1, 2)
+        k = self._keys(context, digests, *rope_kv).transpose(1, 2)
+        v = self._values(context, digests).transpose(1, 2)
         weights = None
         if return_weights:  # explicit softmax, for attention analysis and tests
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
@@ -238,10 +263,13 @@ class ICFormerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.ffn = SwiGLU(config)
 
-    def forward(self, x, context, digests, mask, rope_q, rope_kv, return_weights=False):
-        # RMSNorm is row-wise: norming context and digests apart equals norming their concatenation.
+    def forward(self, x, context_hat, digests_hat, mask, rope_q, rope_kv, return_weights=False):
+        # The K/V input arrives normalised (rms_normalise of context and digests, shared by every
+        # layer: only the gain differs); RMSNorm is row-wise, so norming the two apart equals
+        # norming their concatenation.
+        gain = self.kv_norm.weight
         attended, weights = self.attn(
-            self.query_norm(x), self.kv_norm(context), self.kv_norm(digests), mask, rope_q, rope_kv, return_weights
+            self.query_norm(x), gain * context_hat, gain * digests_hat, mask, rope_q, rope_kv, return_weights
         )
         x = x + attended  # in the first block, x is the shared [1, k, h] digests: this fans out
         x = x + self.ffn(self.ffn_norm(x))
@@ -311,9 +339,12 @@ class ICFormerModel(nn.Module):
         # Additive and built once: a boolean mask would be converted again by every layer's attention.
         mask = torch.zeros(b, 1, k, n + k, dtype=dtype, device=device).masked_fill_(~allowed[:, None], float("-inf"))
 
+        # Every layer's K/V norm divides the same rows by the same RMS: done once, here.
+        eps = self.config.rms_norm_eps
+        context_hat, digests_hat = rms_normalise(context_embeds, eps), rms_normalise(digests, eps)
         x, attentions = digests, [] if return_attentions else None
         for layer in self.layers:
-            x, weights = layer(x, context_embeds, digests, mask, rope_q, rope_kv, return_attentions)
+            x, weights = layer(x, context_hat, digests_hat, mask, rope_q, rope_kv, return_attentions)
             if attentions is not None:
                 attentions.append(weights)
         return self.norm(x), attentions

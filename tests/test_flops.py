@@ -87,3 +87,19 @@ def test_compression_flops_for_a_compressor(tiny_llm_dir):
     assert compression_flops(cc, "full", 40) == 0
     with pytest.raises(ValueError, match="unknown method"):
         compression_flops(cc, "zip", 40)
+
+
+def test_attention_flops_count_every_query_head_under_grouped_query_attention():
+    """CUDA kernels take 3 K/V heads for 9 query heads (SmolLM2); each query head still scores all keys."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    from icformer.flops import _EXTRA_FORMULAS
+
+    expanded = sdpa_flop_count((2, 9, 10, 64), (2, 9, 12, 64), (2, 9, 12, 64))
+    for op in (torch.ops.aten._scaled_dot_product_efficient_attention,
+               torch.ops.aten._scaled_dot_product_flash_attention):
+        assert _EXTRA_FORMULAS[op]((2, 9, 10, 64), (2, 3, 12, 64), (2, 3, 12, 64)) == expanded
+    q, k = torch.randn(2, 9, 10, 64), torch.randn(2, 3, 12, 64)
+    with torch.no_grad():
+        measured, _ = measure_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, k, enable_gqa=True))
+    assert measured == expanded

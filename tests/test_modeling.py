@@ -180,6 +180,21 @@ def test_batched_forward_with_shared_digest_work_equals_the_per_chunk_reference(
             torch.testing.assert_close(batched_grads[name], p.grad, rtol=0, atol=atol, msg=name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_writes_keys_in_place_with_the_same_bits_as_training(dtype):
+    """Without autograd, RoPE writes keys straight into their buffer; with it, it concatenates."""
+    model = make_model().to(dtype)
+    lengths = (3, L, 1, 9)
+    chunks = [torch.randn(n, H, dtype=dtype) for n in lengths]
+    padded = torch.nn.utils.rnn.pad_sequence(chunks, batch_first=True)
+    mask = torch.arange(padded.shape[1]) < torch.tensor(lengths)[:, None]
+    with torch.no_grad():
+        inference, _ = model(padded, mask)
+    training, _ = model(padded, mask)
+    assert training.requires_grad and not inference.requires_grad
+    assert torch.equal(inference, training.detach())
+
+
 def test_save_load_round_trip_is_bit_exact(tmp_path):
     model = make_model(output_norm_init=0.136)
     with torch.no_grad():
