@@ -29,7 +29,7 @@ from . import charts, speed
 from .about import PROFILE_CHOICE_HTML
 from .examples import Example
 from .presentation import (
-    banner, device_label, esc, fmt_count, fmt_flops, fmt_ratio, fmt_seconds, label, memory_label,
+    banner, bench_runs_html, device_label, esc, fmt_count, fmt_flops, fmt_ratio, fmt_seconds, label, memory_label,
     profiles_table, speedup_html, table_html, timing_card, tokens_to_vectors, word_diff,
 )
 from .results import (
@@ -595,13 +595,15 @@ class Handlers:
         return committed, note
 
     def speed_reference(self, log_scale: bool = True):
-        """Committed benchmark results and the FLOPs curve (no model run needed)."""
+        """Committed benchmark results, run by run, and the FLOPs curve (no model run needed)."""
         committed, note = self._committed_note()
         available, why = speed.bench_available(self.service.get() if self.service.info else None)
         if not available:
             note += f"  \n**Live benchmark unavailable:** {why}"
         flops = speed.flops_curve(self.service.get(), REFERENCE_LENGTHS) if self.service.info else None
-        return charts.speed_figure(None, committed, log=log_scale), charts.flops_figure(flops, log=log_scale), note
+        runs = speed.committed_runs(self.results_dir / "bench")
+        return (charts.speed_figure(None, committed, log=log_scale), charts.flops_figure(flops, log=log_scale), note,
+                bench_runs_html(runs, speed.paper_speed_rows()))
 
     @friendly_errors
     def bench(self, lengths: list, log_scale: bool, progress=gr.Progress()):

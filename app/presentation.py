@@ -152,6 +152,34 @@ def table_html(headers: Iterable[str], rows: Iterable[Iterable[object]]) -> str:
     return f'<table class="icf-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def bench_runs_html(runs: list[tuple[dict, list[dict]]], paper: dict[tuple[int, int], dict[str, float]]) -> str:
+    """Each committed benchmark run (its meta, `icformer.bench.summarise` rows) as a table, the paper's
+    Table 1 (one RTX A6000, Llama-2-7B) beside the batch x length rows it reports."""
+    if not runs:
+        return ""
+    parts = ["<h4>Committed runs, every batch x length</h4>"]
+    for meta, rows in runs:
+        where = (f"{meta.get('device_name', '?')} ({meta.get('device', '?')}, {meta.get('dtype', '?')}), "
+                 f"{meta.get('llm', '?')}" + (f", {meta['date'][:10]}" if meta.get("date") else ""))
+        table = []
+        for r in sorted(rows, key=lambda r: (r["batch_size"], r["length"])):
+            ref = paper.get((r["batch_size"], r["length"]), {})
+            table.append((
+                f"{r['batch_size']} x {r['length']}", fmt_seconds(r["icformer_s"]), fmt_seconds(r["icae_s"]),
+                fmt_ratio(r["speedup"]) + (f" (paper {fmt_ratio(ref['speedup'])})" if "speedup" in ref else ""),
+                fmt_ratio(r["flops_ratio"]),
+                fmt_ratio(r["total_speedup"])
+                + (f" (paper {fmt_ratio(ref['total_speedup'])})" if "total_speedup" in ref else ""),
+                f"{r['time_over_flop_bound']:.2f}",
+            ))
+        parts.append(f"<div class='icf-muted'><b>{esc(meta.get('source', '?'))}</b>: {esc(where)}</div>")
+        parts.append(table_html(("batch x tokens", "IC-Former", "ICAE", "IC-Former speed-up", "FLOPs ratio",
+                                 "compress + prefill vs full prefill", "time / FLOP bound"), table))
+    parts.append("<div class='icf-muted'>Times are medians of one run on the machine named; they move by about 10% "
+                 "between runs. The paper's figures are for Llama-2-7B on one RTX A6000.</div>")
+    return "".join(parts)
+
+
 def profiles_table(rows: list[dict], loaded: str | None, requested: str | None) -> str:
     """`icformer.profiles.list_profiles()` as a table: each profile's setting, whether this
     machine has it, what it lacks, and which one this app loaded (or was asked for)."""

@@ -7,7 +7,9 @@ in a build where either module is missing or its API has moved on.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+from pathlib import Path
 from typing import Callable
 
 import pandas as pd
@@ -82,3 +84,28 @@ def run_quick_benchmark(cc, lengths: list[int], progress: Callable | None = None
     if frame is None:
         raise RuntimeError("icformer.bench.run_benchmark returned rows without method, length and compress_s")
     return frame
+
+
+def committed_runs(directory: str | Path) -> list[tuple[dict, list[dict]]]:
+    """Each ``bench/*.json`` that ``python -m icformer bench`` wrote: its meta and its rows side by side
+    (``icformer.bench.summarise``). Tables of another shape are left to the chart, which reads any."""
+    mod = _module("bench")
+    root = Path(directory)
+    if mod is None or not hasattr(mod, "summarise") or not root.is_dir():
+        return []
+    runs = []
+    for path in sorted(root.glob("*.json")):
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            rows = mod.summarise(raw["rows"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if rows:
+            runs.append((dict(raw.get("meta") or {}, source=path.stem), rows))
+    return runs
+
+
+def paper_speed_rows() -> dict[tuple[int, int], dict[str, float]]:
+    """The paper's Table 1 by (batch, length), from ``icformer.evaluate``; empty when unavailable."""
+    mod = _module("evaluate")
+    return mod.paper_speed_rows() if mod is not None and hasattr(mod, "paper_speed_rows") else {}

@@ -16,7 +16,8 @@ api_name            inputs                                                     o
                                                                                summary json
 /bench              lengths (list[int]), log_scale                             time plot, FLOPs plot,
                                                                                table, rows json
-/speed_reference    log_scale                                                  time plot, FLOPs plot, note
+/speed_reference    log_scale                                                  time plot, FLOPs plot, note,
+                                                                               committed runs (HTML)
 /dashboard          dataset                                                    see Handlers.dashboard
 /samples            dataset, method, metric, min_score, max_score              table, sample ids, note
 /sample             sample_id                                                  context, question,
@@ -229,6 +230,7 @@ def build_demo(
                     speed_plot = gr.Plot(label="compression time")
                     flops_plot = gr.Plot(label="FLOPs")
                 bench_table = gr.Dataframe(label="live quick benchmark", interactive=False, visible=False)
+                bench_runs = gr.HTML(elem_id="icf-bench-runs")
                 with gr.Accordion("Raw rows (JSON)", open=False):
                     bench_json = gr.JSON()
                 live_rows = gr.State(None)
@@ -319,7 +321,7 @@ def build_demo(
         run_locked([bench_btn.click], h.bench, [lengths, log_scale],
                    [speed_plot, flops_plot, bench_table, bench_json, live_rows], "bench")
 
-        speed_tab.select(h.speed_reference, log_scale, [speed_plot, flops_plot, speed_note],
+        speed_tab.select(h.speed_reference, log_scale, [speed_plot, flops_plot, speed_note, bench_runs],
                          api_name="speed_reference")
         log_scale.change(h.replot, [live_rows, log_scale], [speed_plot, flops_plot], **private)
 

@@ -47,7 +47,7 @@ def write_architecture(name: str, out_dir: str | Path, *, cache_dir: str | Path 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = json.loads((source / "config.json").read_text())
-    config.update(ARCHITECTURES[name], _name_or_path=name)
+    config.update(ARCHITECTURES[name])
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     for file in TOKENIZER_FILES:
         if (source / file).is_file():
@@ -87,5 +87,4 @@ def random_llm(
     torch.manual_seed(seed)
     with target_device:
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    label = getattr(config, "_name_or_path", "") or path.name
-    return frozen(model, tokenizer, f"{label} architecture (random weights)")
+    return frozen(model, tokenizer, f"{Path(spec).name} architecture (random weights)")

@@ -248,25 +248,42 @@ def environment(cc: ContextCompressor) -> dict[str, Any]:
     )
 
 
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One plain dict per (batch, length): the IC-Former, ICAE and full-context rows side by side."""
+    by_key: dict[tuple[int, int], dict[str, dict]] = {}
+    for row in rows:
+        by_key.setdefault((int(row["batch_size"]), int(row["length"])), {})[row["method"]] = row
+    out = []
+    for (batch, length), m in by_key.items():
+        if not {"icformer", "icae", "full"} <= m.keys():
+            continue
+        icf, icae, full = m["icformer"], m["icae"], m["full"]
+        out.append(dict(
+            batch_size=batch, length=length, icformer_s=icf["compress_s"], icae_s=icae["compress_s"],
+            speedup=icf["speedup_vs_icae"], flops_ratio=icf["flops_ratio_vs_icae"], prefill_s=icf["prefill_s"],
+            full_s=full["prefill_s"], icformer_total_s=icf["total_s"], total_speedup=icf["total_speedup_vs_full"],
+            icformer_flops=icf["flops_exact"], icae_flops=icae["flops_exact"],
+            measured_over_exact=icf["flops_measured"] / icf["flops_exact"], gflops_per_s=icf["gflops_per_s"],
+            time_over_flop_bound=icf["time_over_flop_bound"],
+            icformer_memory=icf["memory_bytes"], icae_memory=icae["memory_bytes"], memory_kind=icf["memory_kind"],
+        ))
+    return out
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """One line per (batch, length): times, speed-ups, FLOPs and how close IC-Former runs to the FLOP bound."""
     header = (f"{'b':>3} {'n':>5} {'IC-F s':>8} {'ICAE s':>8} {'speedup':>8} {'prefill':>8} {'full s':>8} "
               f"{'IC-F tot':>9} {'vs full':>8} {'FLOPs IC-F':>11} {'FLOPs ICAE':>11} {'ratio':>6} "
               f"{'meas/exact':>10} {'GFLOP/s':>8} {'t/bound':>8} {'mem IC-F':>9} {'mem ICAE':>9}")
     lines = [header, "-" * len(header)]
-    by_key: dict[tuple[int, int], dict[str, dict]] = {}
-    for row in rows:
-        by_key.setdefault((row["batch_size"], row["length"]), {})[row["method"]] = row
-    for (batch, length), m in by_key.items():
-        icf, icae, full = m["icformer"], m["icae"], m["full"]
+    for r in summarise(rows):
         lines.append(
-            f"{batch:>3} {length:>5} {icf['compress_s']:>8.4f} {icae['compress_s']:>8.3f} "
-            f"{icf['speedup_vs_icae']:>7.1f}x {icf['prefill_s']:>8.3f} {full['prefill_s']:>8.3f} "
-            f"{icf['total_s']:>9.3f} {icf['total_speedup_vs_full']:>7.2f}x {icf['flops_exact']:>11.3e} "
-            f"{icae['flops_exact']:>11.3e} {icf['flops_ratio_vs_icae']:>5.1f}x "
-            f"{icf['flops_measured'] / icf['flops_exact']:>10.3f} {icf['gflops_per_s']:>8.1f} "
-            f"{icf['time_over_flop_bound']:>7.2f}x "
-            f"{icf['memory_bytes'] / 2**20:>8.0f}M {icae['memory_bytes'] / 2**20:>8.0f}M"
+            f"{r['batch_size']:>3} {r['length']:>5} {r['icformer_s']:>8.4f} {r['icae_s']:>8.3f} "
+            f"{r['speedup']:>7.1f}x {r['prefill_s']:>8.3f} {r['full_s']:>8.3f} "
+            f"{r['icformer_total_s']:>9.3f} {r['total_speedup']:>7.2f}x {r['icformer_flops']:>11.3e} "
+            f"{r['icae_flops']:>11.3e} {r['flops_ratio']:>5.1f}x {r['measured_over_exact']:>10.3f} "
+            f"{r['gflops_per_s']:>8.1f} {r['time_over_flop_bound']:>7.2f}x "
+            f"{r['icformer_memory'] / 2**20:>8.0f}M {r['icae_memory'] / 2**20:>8.0f}M"
         )
     return "\n".join(lines)
 

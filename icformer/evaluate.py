@@ -128,6 +128,21 @@ PAPER_NUMBERS: tuple[tuple[str, str, str, float, str | None, tuple[str, ...]], .
     ("PwC QA (Table 4)", "IC-Former / full context", "rougeL_f_ratio", 0.482 / 0.468, "qa-ratio:icformer:full:rougeL_f",
      ("icformer",)),
 )
+_SPEED_FIELDS = {"icae:compress_s": "icae_s", "icformer:compress_s": "icformer_s",
+                 "icformer:speedup_vs_icae": "speedup", "icformer:total_speedup_vs_full": "total_speedup"}
+
+
+def paper_speed_rows() -> dict[tuple[int, int], dict[str, float]]:
+    """The paper's Table 1 (one RTX A6000) by (batch, length): icae_s, icformer_s, speedup, total_speedup."""
+    rows: dict[tuple[int, int], dict[str, float]] = {}
+    for _, _, _, value, key, _ in PAPER_NUMBERS:
+        if key and key.startswith("bench:"):
+            _, shape, field_key = key.split(":", 2)
+            batch, length = map(int, shape.split("x"))
+            rows.setdefault((batch, length), {})[_SPEED_FIELDS[field_key]] = value
+    return rows
+
+
 # The sizes PAPER.md §4's FLOPs are computed at (Llama-2-7B, 512 -> 128).
 LLAMA2_7B = dict(b=1, s=512, k=128, h=4096, m=11008)
 

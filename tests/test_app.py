@@ -25,6 +25,7 @@ from app.presentation import word_diff
 from app.results import filter_samples, load_results
 from app.service import ModelService, default_factory
 from icformer import CompressedContext, ContextCompressor, UntrainedWarning
+from icformer.bench import COLUMNS as BENCH_COLUMNS
 from icformer.llm import load_llm
 
 from .conftest import TINY_K, TINY_L, make_tiny_icformer
@@ -119,6 +120,18 @@ def write_synthetic_results(root: Path) -> Path:
     )
     (bench / "bench.json").write_text(json.dumps({"meta": {"device": "cuda", "device_name": "Test GPU",
                                                             "dtype": "bfloat16", "date": "2025-01-01"}, "rows": rows}))
+    # A run in the full schema `python -m icformer bench` writes: the Speed tab tables it run by run.
+    common = {column: None for column in BENCH_COLUMNS} | dict(batch_size=8, length=512, device="cuda:0",
+                                                                memory_kind="cuda_peak", memory_bytes=2**30)
+    full_rows = [
+        common | dict(method="icformer", compress_s=0.01, prefill_s=0.05, total_s=0.06, speedup_vs_icae=30.0,
+                      total_speedup_vs_full=2.5, flops_exact=1e12, flops_measured=1e12, flops_ratio_vs_icae=36.0,
+                      gflops_per_s=1e5, time_over_flop_bound=1.8),
+        common | dict(method="icae", compress_s=0.3, prefill_s=0.05, total_s=0.35, flops_exact=3.6e13),
+        common | dict(method="full", prefill_s=0.15, total_s=0.15),
+    ]
+    (bench / "test-run.json").write_text(json.dumps({"meta": {"device": "cuda:0", "device_name": "Test H200",
+                                                              "dtype": "bfloat16", "llm": "tiny"}, "rows": full_rows}))
     return root
 
 
@@ -269,8 +282,12 @@ def test_bench_runs_the_library_benchmark(client, cc):
 
 
 def test_speed_reference_shows_committed_results(client):
-    plot, flops_plot, note = client.predict(True, api_name="/speed_reference")
+    plot, flops_plot, note, runs = client.predict(True, api_name="/speed_reference")
     assert "Test GPU" in note and "committed" in json.dumps(plot)
+    # The full-schema run, with the paper's Table 1 figure beside its batch x length; the older table is not listed.
+    assert "Test H200" in runs and "test-run" in runs and "8 x 512" in runs
+    assert "30× (paper 68×)" in runs and "2.5× (paper 3.7×)" in runs and "36×" in runs
+    assert "Test GPU" not in runs
 
 
 def test_dashboard_reads_the_results_schema(client):

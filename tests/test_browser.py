@@ -101,6 +101,12 @@ def test_compress_ask_and_evaluation_in_chromium(page_url, shots):
             expect(page.locator("#icf-attention-stats")).to_contain_text("5-token window")
             page.screenshot(path=str(shots / "attention.png"), full_page=True)
 
+            # Speed tab: committed runs, each batch x length beside the paper's Table 1.
+            page.get_by_role("tab", name="Speed").click()
+            runs = page.locator("#icf-bench-runs")
+            expect(runs).to_contain_text("Test H200")
+            expect(runs).to_contain_text("(paper 68×)")
+
             page.get_by_role("tab", name="Evaluation").click()
             qa_plot = page.locator("#icf-qa-plot")
             expect(qa_plot.locator(".js-plotly-plot").first).to_be_visible()
