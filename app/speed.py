@@ -7,7 +7,6 @@ in a build where either module is missing or its API has moved on.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 from pathlib import Path
 from typing import Callable
@@ -87,22 +86,12 @@ def run_quick_benchmark(cc, lengths: list[int], progress: Callable | None = None
 
 
 def committed_runs(directory: str | Path) -> list[tuple[dict, list[dict]]]:
-    """Each ``bench/*.json`` that ``python -m icformer bench`` wrote: its meta and its rows side by side
-    (``icformer.bench.summarise``). Tables of another shape are left to the chart, which reads any."""
+    """Each benchmark run ``icformer.bench.read_runs`` finds in ``directory``: its meta (plus ``source``,
+    the file stem) and its rows side by side. Tables of another shape are left to the chart."""
     mod = _module("bench")
-    root = Path(directory)
-    if mod is None or not hasattr(mod, "summarise") or not root.is_dir():
+    if mod is None or not hasattr(mod, "read_runs"):
         return []
-    runs = []
-    for path in sorted(root.glob("*.json")):
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-            rows = mod.summarise(raw["rows"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue
-        if rows:
-            runs.append((dict(raw.get("meta") or {}, source=path.stem), rows))
-    return runs
+    return [(dict(meta, source=path.stem), rows) for path, meta, rows in mod.read_runs(directory)]
 
 
 def paper_speed_rows() -> dict[tuple[int, int], dict[str, float]]:

@@ -270,6 +270,21 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def read_runs(directory: str | Path) -> list[tuple[Path, dict[str, Any], list[dict[str, Any]]]]:
+    """Every benchmark JSON in `directory` as `write_results` writes it: (path, meta, `summarise`d rows).
+    Files of another shape are skipped: they are not this benchmark's."""
+    runs = []
+    for path in sorted(Path(directory).glob("*.json")) if Path(directory).is_dir() else []:
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            rows = summarise(raw["rows"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if rows:
+            runs.append((path, dict(raw.get("meta") or {}), rows))
+    return runs
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """One line per (batch, length): times, speed-ups, FLOPs and how close IC-Former runs to the FLOP bound."""
     header = (f"{'b':>3} {'n':>5} {'IC-F s':>8} {'ICAE s':>8} {'speedup':>8} {'prefill':>8} {'full s':>8} "

@@ -1022,8 +1022,17 @@ class _Evaluation:
         details = {"date": meta["date"], "llm_hash": meta["llm_hash"], **{k: meta[k] for k in RUN_DETAILS}}
         _atomic_write(self.out / "meta.json", json.dumps(shown, indent=1, default=str) + "\n")
         _atomic_write(self.out / "run.json", json.dumps(details, indent=1, default=str) + "\n")
-        _atomic_write(self.out / "README.md", render_readme(meta, tables, self.bench_rows, self.bench_note))
+        _atomic_write(self.out / "README.md", render_readme(meta, tables, self.bench_rows, self.bench_note,
+                                                            self.other_bench_runs()))
         return dict(out_dir=str(self.out), meta=meta, tables=tables, bench=self.bench_rows)
+
+    def other_bench_runs(self) -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
+        """Benchmark runs committed beside this evaluation's own (e.g. on a GPU): (file, meta, summarised rows)."""
+        from .bench import read_runs
+
+        own = (self.out / self.bench_source).resolve() if self.bench_source else None
+        return [(self._relative(path), meta, rows) for path, meta, rows in read_runs(self.out / "bench")
+                if path.resolve() != own]
 
     def _earlier_invocations(self) -> list[dict[str, Any]]:
         """The invocations recorded in run.json, when they ran these settings on this LLM."""
@@ -1144,7 +1153,8 @@ def markdown_table(rows: list[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_readme(meta: dict[str, Any], tables: dict[str, list[dict]], bench: list[dict], bench_note: str) -> str:
+def render_readme(meta: dict[str, Any], tables: dict[str, list[dict]], bench: list[dict], bench_note: str,
+                  other_runs: Sequence[tuple[str, dict[str, Any], list[dict[str, Any]]]] = ()) -> str:
     s, d, q = meta["settings"], EvalSettings(), EvalSettings.quick()
     sections = ", ".join(f"{k} {v / 60:.1f} min" for k, v in meta["section_seconds"].items())
     earlier = ""
@@ -1233,6 +1243,21 @@ def render_readme(meta: dict[str, Any], tables: dict[str, list[dict]], bench: li
                                           "flops_ratio_vs_icae")))
     else:
         out.append(f"_{bench_note or 'not run'}_\n")
+    paper = paper_speed_rows()
+    for name, run, rows in other_runs:
+        out += [
+            f"### Also committed: `{name}`",
+            "",
+            f"{run.get('device_name', '?')} ({run.get('device', '?')}, {run.get('dtype', '?')}, torch "
+            f"{run.get('torch', '?')}), {run.get('llm', '?')}, {str(run.get('date', '?'))[:10]}; one row per batch x "
+            "length, the paper's Table 1 (RTX A6000, Llama-2-7B) beside the rows it reports.",
+            "",
+            markdown_table([{**r, "icformer_ms": r["icformer_s"] * 1e3, "icae_ms": r["icae_s"] * 1e3,
+                             **{f"paper_{k}": v for k, v in paper.get((r["batch_size"], r["length"]), {}).items()}}
+                            for r in rows],
+                           ("batch_size", "length", "icformer_ms", "icae_ms", "speedup", "paper_speedup", "flops_ratio",
+                            "total_speedup", "paper_total_speedup", "time_over_flop_bound")),
+        ]
     out += [
         "## Attention analysis (`attention_by_layer.csv`)",
         "",

@@ -234,6 +234,20 @@ def test_benchmark_rows_from_a_bench_run_fill_the_speed_comparison(cc, data_dir,
     assert problems == [] and list(copied["compress_s"]) == [0.05, 1.0]
 
 
+def test_other_committed_benchmark_runs_are_tabled_beside_the_paper(cc, data_dir, tmp_path):
+    """A run committed next to the evaluation's own (say, from a GPU) gets its own README table."""
+    out = tmp_path / "results"
+    measured = run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False,
+                              **dict(SMALL, sections=("bench",)))
+    gpu_rows = [dict(r, batch_size=8, length=512) for r in measured["bench"]]
+    (out / "bench" / "gpu-run.json").write_text(json.dumps({"meta": {"device_name": "Some GPU"}, "rows": gpu_rows}))
+    (out / "bench" / "notes.json").write_text(json.dumps({"not": "a benchmark"}))
+    run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False, **dict(SMALL, sections=("bench",)))
+    readme = (out / "README.md").read_text()
+    assert readme.count("### Also committed") == 1 and "`bench/gpu-run.json`" in readme and "Some GPU" in readme
+    assert "| 8 | 512 |" in readme and "| 68 |" in readme.split("### Also committed")[1]  # the paper's 8x512
+
+
 def test_randomness_sequences(cc, data_dir):
     text = TextSource(_jsonl(data_dir / "pretrain_valid.jsonl"), cc.tokenizer)
     allowed = allowed_ids(cc.tokenizer, len(cc.tokenizer))
