@@ -17,6 +17,7 @@ import argparse
 import csv
 import datetime as dt
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -39,6 +40,7 @@ QUICK_LENGTHS = (128, 512)
 QUICK_REPEATS = 3
 QUESTION = "What is the main point of this text?"
 FILE_STEM = "bench"
+SOURCE_COMMIT_ENV = "ICFORMER_SOURCE_COMMIT"  # overrides the git commit recorded in the results' meta
 
 # One row per (batch_size, length, method); every row carries every column (None = not applicable).
 COLUMNS = (
@@ -228,6 +230,9 @@ def environment(cc: ContextCompressor) -> dict[str, Any]:
         dirty = bool(git("status", "--porcelain").stdout.strip())
     except OSError:
         commit, dirty = None, None
+    # A copy of the tree whose .git is not its own (a lent GPU machine's) is told its commit instead.
+    if os.environ.get(SOURCE_COMMIT_ENV):
+        commit, dirty = os.environ[SOURCE_COMMIT_ENV], None
     device = cc.device
     return dict(
         date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

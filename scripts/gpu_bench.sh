@@ -3,7 +3,8 @@
 #   embedded: SmolLM2-135M's architecture, k=32 per L=128 (the default setting);
 #   paper:    Llama-2-7B's architecture, k=128 per L=512 (the setting of the paper's Table 1).
 #
-#   scripts/gpu_bench.sh prepare      # here: .gpu/arch/{smollm2-135m,llama-2-7b} (config + tokenizer)
+#   scripts/gpu_bench.sh prepare      # here, before each GPU call: .gpu/arch/{smollm2-135m,llama-2-7b}
+#                                     # (config + tokenizer) and .gpu/source_commit
 #   scripts/gpu_bench.sh run OUT [paper|embedded]   # on the GPU machine (default: both):
 #                                     # OUT/{paper,embedded}/bench.{csv,json,html} + logs
 #
@@ -16,7 +17,9 @@ case "${1:-}" in
 prepare)
     for arch in smollm2-135m llama-2-7b; do
         $PY -c "from icformer.architecture import write_architecture as w; print(w('$arch', '.gpu/arch/$arch'))"
-    done ;;
+    done
+    # The GPU machine's copy of .git may be stale: the results name the commit recorded here.
+    echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- icformer scripts || echo -dirty)" > .gpu/source_commit ;;
 run)
     out=${2:?usage: scripts/gpu_bench.sh run OUT [paper|embedded]}
     only=${3:-}
@@ -26,6 +29,7 @@ run)
         export PYTHONPATH=/tmp/site
     fi
     nvidia-smi -L || true
+    [ -f .gpu/source_commit ] && export ICFORMER_SOURCE_COMMIT=$(cat .gpu/source_commit)
     export PYTHONUNBUFFERED=1
     # Each run goes on if the other fails; the paper's setting first (its rows are the bar).
     [ "$only" = embedded ] || $PY -m icformer bench --random-weights .gpu/arch/llama-2-7b --num-digest-tokens 128 --chunk-size 512 \
@@ -35,5 +39,5 @@ run)
         --max-batch-tokens 16384 --repeats 20 --out "$out/embedded" 2>&1 | tee "$out/embedded.log" \
         || echo "embedded bench failed" ;;
 *)
-    sed -n 2,11p "$0"; exit 2 ;;
+    sed -n 2,12p "$0"; exit 2 ;;
 esac

@@ -113,3 +113,14 @@ def test_cli_bench_quick_on_the_embedded_default(tmp_path):
         assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
     for name in ("bench.csv", "bench.json", "bench.html"):
         assert (tmp_path / name).is_file()
+
+
+def test_a_copy_without_its_own_git_is_told_its_commit(cc, monkeypatch):
+    """A lent GPU machine's copy of .git can be stale: ICFORMER_SOURCE_COMMIT names the commit measured."""
+    from icformer.bench import SOURCE_COMMIT_ENV, environment
+
+    monkeypatch.delenv(SOURCE_COMMIT_ENV, raising=False)
+    assert environment(cc)["git_commit"] != "abc123"
+    monkeypatch.setenv(SOURCE_COMMIT_ENV, "abc123-dirty")
+    meta = environment(cc)
+    assert meta["git_commit"] == "abc123-dirty" and meta["git_dirty"] is None
