@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,6 @@ def random_llm(
     The weights are drawn on the target device (a 7B model never passes through host memory);
     `dtype` defaults like `load_llm`'s: bfloat16 on CUDA, float32 elsewhere.
     """
-    import tempfile
-
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     target_device = _resolve_device(device)

@@ -3,8 +3,9 @@
 For each batch size and context length, one process times, interleaved and after a warm-up:
 IC-Former compression, ICAE compression, the LLM's prefill of the answer prompt holding the
 compressed vectors, and the prefill of the same prompt holding the full context. The warm-up
-run of each step is the FlopCounterMode run, so measured FLOPs cost no extra pass. Contexts
-are random token ids (no special tokens): speed does not depend on content.
+run of each step is the FlopCounterMode run, so measured FLOPs cost no extra pass; on a GPU each
+run is timed with CUDA events after a synchronisation. Contexts are random token ids (no special
+tokens): speed does not depend on content.
 
 IC-Former's time is also compared with its FLOP-bound time: its exact FLOPs over the rate
 of its own largest matmul (the K/V projection), timed in the same rotation; the ratio says
@@ -31,7 +32,7 @@ from .compressor import EMBEDDED_COMPRESSOR, ContextCompressor, encode
 from .flops import Flops, chunk_grid, icae_flops, icformer_flops, measure_flops
 from .modeling_icformer import ICFormerConfig, ICFormerModel
 from .prompts import assemble, prompt_style, question_layout
-from .timing import cpu_name, now, peak_memory_bytes, reset_peak_memory
+from .timing import cpu_name, elapsed, peak_memory_bytes, reset_peak_memory
 
 DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096)
 DEFAULT_BATCH_SIZES = (1, 8)
@@ -109,9 +110,7 @@ def _measure(cc: ContextCompressor, ids: list[list[int]], repeats: int) -> dict[
     for r in range(repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:  # rotate the order: no step always first
             reset_peak_memory(cc.device)
-            start = now(cc.device)
-            steps[name]()
-            results[name]["times"].append(now(cc.device) - start)
+            results[name]["times"].append(elapsed(cc.device, steps[name]))
             results[name]["memory"] = max(results[name]["memory"], peak_memory_bytes(cc.device))
     for result in results.values():
         result["seconds"] = statistics.median(result.pop("times"))

@@ -7,7 +7,7 @@ import os
 import platform
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import psutil
 import torch
@@ -22,6 +22,22 @@ def now(device: torch.device | str) -> float:
     """perf_counter after all queued work on `device` has finished."""
     synchronize(device)
     return time.perf_counter()
+
+
+def elapsed(device: torch.device | str, fn: Callable[[], Any]) -> float:
+    """Seconds `fn()` takes on `device`: CUDA events around it on a GPU (queued after a
+    synchronisation, so no earlier work is counted), a synchronised wall clock elsewhere."""
+    if torch.device(device).type != "cuda":
+        start = now(device)
+        fn()
+        return now(device) - start
+    synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
 
 
 @contextmanager
