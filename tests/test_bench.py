@@ -124,3 +124,13 @@ def test_a_copy_without_its_own_git_is_told_its_commit(cc, monkeypatch):
     monkeypatch.setenv(SOURCE_COMMIT_ENV, "abc123-dirty")
     meta = environment(cc)
     assert meta["git_commit"] == "abc123-dirty" and meta["git_dirty"] is None
+
+
+def test_elapsed_counts_the_call_and_only_the_call():
+    import time
+
+    from icformer.timing import elapsed
+
+    calls = []
+    seconds = elapsed("cpu", lambda: (calls.append(1), time.sleep(0.02)))
+    assert calls == [1] and 0.02 <= seconds < 1.0
