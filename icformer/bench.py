@@ -277,8 +277,10 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def read_runs(directory: str | Path) -> list[tuple[Path, dict[str, Any], list[dict[str, Any]]]]:
     """Every benchmark JSON in `directory` as `write_results` writes it: (path, meta, `summarise`d rows).
     Files of another shape are skipped: they are not this benchmark's."""
-    runs = []
-    for path in sorted(Path(directory).glob("*.json")) if Path(directory).is_dir() else []:
+    runs: list[tuple[Path, dict[str, Any], list[dict[str, Any]]]] = []
+    if not Path(directory).is_dir():
+        return runs
+    for path in sorted(Path(directory).glob("*.json")):
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
             rows = summarise(raw["rows"])

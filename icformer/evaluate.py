@@ -1267,9 +1267,7 @@ def render_readme(meta: dict[str, Any], tables: dict[str, list[dict]], bench: li
         "attended position, the share of digests that move forward, and the attention on the best 5-token window "
         "(against uniform attention's share). Order without concentrated mass is not a band.",
         "",
-        markdown_table(tables["attention_by_layer"], ("method", "layer", "n", "order_correlation", "in_order",
-                                                      "window_mass", "uniform_window_mass", "context_mass",
-                                                      "trained")),
+        markdown_table(tables["attention_by_layer"], ATTENTION_COLUMNS),
         "## Paper vs ours (`paper_vs_ours.csv`)",
         "",
         "The paper's numbers are PAPER.md §4 (Llama-2-7B, k=128 per 512 tokens, RTX A6000); ours are a different "
