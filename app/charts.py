@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -19,12 +21,18 @@ def color(method: str, index: int = 0) -> str:
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, *, log_x=False, log_y=False, height=380) -> go.Figure:
+    # A legend of more than a few entries goes under the plot: above it, it would cover the title.
+    entries = sum(1 for trace in fig.data if trace.showlegend is not False)
+    below = entries > 3
+    legend = (dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0.0) if below
+              else dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+    rows = math.ceil(entries / 2) if below else 0  # about two entries fit on a line of a half-width plot
     fig.update_layout(
         title=dict(text=title, x=0.02, font=dict(size=15)),
         template="plotly_white",
-        height=height,
-        margin=dict(l=60, r=20, t=50, b=50),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
+        height=height + 22 * rows,
+        margin=dict(l=60, r=20, t=50, b=50 + 22 * rows + (30 if below else 0)),
+        legend=legend,
         xaxis_title=x,
         yaxis_title=y,
     )
@@ -47,10 +55,14 @@ def empty_figure(message: str) -> go.Figure:
     return _layout(fig, "", "", "", height=260)
 
 
+# Committed runs: one line style and marker per run (file), so runs tell apart when methods share a colour.
+_RUN_STYLES = [("dash", "circle"), ("dashdot", "square"), ("longdash", "diamond"), ("dot", "triangle-up")]
+
+
 def speed_figure(live: pd.DataFrame | None, committed: pd.DataFrame | None, *, log: bool = True) -> go.Figure:
-    """Compression time vs context length: live quick run (solid) and committed runs (dashed)."""
+    """Compression time vs context length: live quick run (solid) and committed runs (a style per run)."""
     fig = go.Figure()
-    for frame, dash, suffix in ((live, "solid", "live"), (committed, "dash", "committed")):
+    for frame, suffix in ((live, "live"), (committed, "committed")):
         if frame is None or frame.empty:
             continue
         if "batch_size" in frame.columns:  # one curve per method: batch 1 when present
@@ -58,12 +70,15 @@ def speed_figure(live: pd.DataFrame | None, committed: pd.DataFrame | None, *, l
             frame = frame[sizes == sizes.min()] if sizes.notna().any() else frame
         several = "source" in frame.columns and frame["source"].nunique() > 1
         keys = ["source", "method"] if several else ["method"]
+        runs = list(dict.fromkeys(frame["source"])) if several else [None]
         for i, (key, group) in enumerate(frame.groupby(keys, sort=False)):
-            method = key[-1] if isinstance(key, tuple) else key
+            key = key if isinstance(key, tuple) else (key,)
+            method, run = key[-1], (key[0] if several else None)
+            dash, symbol = ("solid", "circle") if suffix == "live" else _RUN_STYLES[runs.index(run) % len(_RUN_STYLES)]
             # "full" compresses nothing: show what it costs instead, the LLM's prefill of the whole context.
             column, name = ("prefill_s", "Full context: LLM prefill") if method == "full" else ("compress_s", label(method))
             if several:
-                name += f", {key[0]}"
+                name += f", {run}"
             if column not in group.columns:
                 continue
             group = group.assign(y=pd.to_numeric(group[column], errors="coerce")).dropna(subset=["y"])
@@ -72,9 +87,9 @@ def speed_figure(live: pd.DataFrame | None, committed: pd.DataFrame | None, *, l
                 continue
             fig.add_trace(go.Scatter(
                 x=group["length"], y=group["y"], mode="lines+markers",
-                name=f"{name} ({suffix})", line=dict(color=color(method, i), dash=dash if method != "full" else "dot",
-                                                     width=2.5 if method != "full" else 1.5),
-                opacity=1.0 if dash == "solid" else 0.75,
+                name=f"{name} ({suffix})", marker=dict(symbol=symbol, size=7),
+                line=dict(color=color(method, i), dash=dash, width=2.5 if method != "full" else 1.5),
+                opacity=1.0 if suffix == "live" else 0.75,
                 hovertemplate="%{x} tokens: %{y:.4f} s<extra>" + name + "</extra>",
             ))
     if not fig.data:

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import gradio as gr
+import pandas as pd
 import pytest
 import torch
 from gradio_client import Client
@@ -462,3 +463,20 @@ def test_word_diff_labels_missing_and_added_words():
 
 def test_check_text_accepts_ordinary_unicode():
     assert check_text("Ünïcödé — “quotes” and emoji 🗜️\n\ttabs", "context", 1000)
+
+
+def test_speed_figure_tells_committed_runs_apart_and_keeps_the_legend_off_the_title():
+    from app.charts import speed_figure
+
+    rows = [dict(source=source, method=method, batch_size=1, length=length, compress_s=0.01 * length)
+            for source in ("cpu-run", "gpu-run") for method in ("icformer", "icae") for length in (128, 512)]
+    fig = speed_figure(None, pd.DataFrame(rows))
+    styles = {trace.name: (trace.line.dash, trace.marker.symbol) for trace in fig.data}
+    assert len(styles) == 4
+    cpu = {style for name, style in styles.items() if "cpu-run" in name}
+    gpu = {style for name, style in styles.items() if "gpu-run" in name}
+    assert len(cpu) == len(gpu) == 1 and cpu != gpu  # one style per run, the same for both its methods
+    assert fig.layout.legend.y < 0  # four entries: under the plot, not over its title
+
+    small = speed_figure(pd.DataFrame([r for r in rows if r["source"] == "cpu-run"]), None)
+    assert small.layout.legend.y >= 1 and {t.line.dash for t in small.data} == {"solid"}
