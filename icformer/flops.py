@@ -5,9 +5,10 @@ over the full (unmasked) score matrix, as kernels compute it. Symbols: b rows (c
 chunks), s tokens per chunk, k digests/slots per chunk, h hidden, m FFN width.
 
 * paper: the formulas as printed (full multi-head attention, no LoRA);
-* exact: the matmuls the code runs for the real shapes. For IC-Former it is below the
-  paper's formula once a call holds several chunks: the digest rows' k/v projections (every
-  layer) and the first layer's q projection are shared across chunks, computed once per call.
+* exact: the matmuls the code runs for the real shapes, in a call at inference after the
+  first. For IC-Former it is below the paper's formula: the first layer's q projection of the
+  digest rows is computed once per call, not once per chunk, and the digest rows' k/v
+  projections (every layer) read only weights, so inference keeps them between calls.
   For ICAE it differs by grouped-query attention (smaller k/v projections) and by the LoRA
   matmuls (2 FLOPs per LoRA weight per token);
 * measured: `torch.utils.flop_counter.FlopCounterMode` around the real call.
@@ -58,16 +59,22 @@ class Flops:
 def icformer_flops(config: ICFormerConfig, num_tokens: int, batch: int = 1) -> Flops:
     """IC-Former compressing `batch` contexts of `num_tokens` tokens each, in one call.
 
-    The paper counts every projection once per chunk. The code computes those that read only
-    the digest embeddings once per call: each layer's k and v projections of the k digest
-    rows (2 x 2kh^2) and the first layer's q projection (2kh^2). So exact is the paper's
-    count less (b - 1) times those.
+    The paper counts every projection once per chunk, those that read only the digest
+    embeddings included: each layer's k and v projections of the k digest rows (2 x 2kh^2)
+    and the first layer's q projection (2kh^2). The code computes the q projection once per
+    call and keeps the k/v projections from earlier calls (the first call after a weight
+    change computes them once more: `digest_kv_flops`).
     """
     chunks, s = chunk_grid(num_tokens, config.chunk_size)
     b, k, h, layers = batch * chunks, config.num_digest_tokens, config.hidden_size, config.num_layers
     paper = paper_icformer_flops(b=b, s=s, k=k, h=h, m=config.intermediate_size, layers=layers)
-    shared = 2 * k * h * h * (2 * layers + 1)
-    return Flops(paper=paper, exact=paper - (b - 1) * shared)
+    first_q = 2 * k * h * h
+    return Flops(paper=paper, exact=paper - b * (digest_kv_flops(config) + first_q) + first_q)
+
+
+def digest_kv_flops(config: ICFormerConfig) -> int:
+    """What `ICFormerModel.digest_kv` costs when it is not kept: k and v projections of k rows, every layer."""
+    return config.num_layers * 2 * (2 * config.num_digest_tokens * config.hidden_size ** 2)
 
 
 def icae_flops(icae: ICAEModel, num_tokens: int, batch: int = 1) -> Flops:

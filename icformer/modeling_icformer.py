@@ -18,7 +18,8 @@ Longer contexts are cut into ceil(n/L) near-equal chunks; every chunk of every c
 compressed in one batched call and the digests are concatenated per context. The digest
 embeddings are the same in every chunk, so whatever is computed from them alone (every
 layer's digest keys/values before RoPE, the first layer's queries before RoPE) is computed
-once per call and broadcast over the chunks.
+once per call and broadcast over the chunks. The digest keys/values read nothing but weights,
+so inference keeps them from one call to the next (`ICFormerModel.digest_kv`).
 """
 
 from __future__ import annotations
@@ -184,8 +185,8 @@ def apply_rope(
 class DigestCrossAttention(nn.Module):
     """Digest queries attend over [context; digests] keys and values.
 
-    Queries and digests of batch size 1 are shared by every chunk; RoPE, which depends on each
-    chunk's length, is where they fan out to the batch.
+    Queries and the digests' key/value projections of batch size 1 are shared by every chunk;
+    RoPE, which depends on each chunk's length, is where they fan out to the batch.
     """
 
     def __init__(self, config: ICFormerConfig) -> None:
@@ -201,26 +202,30 @@ class DigestCrossAttention(nn.Module):
         return x.view(b, t, self.num_heads, self.head_dim)  # [B, T, heads, d]: RoPE on contiguous rows
 
     # Projecting is row-wise, so the shared digest rows are projected once and broadcast.
-    def _keys(self, context: torch.Tensor, digests: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    def project_digests(self, digests: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Key and value projections of the (normed) digest rows [1, k, h], before RoPE."""
+        return self.k_proj(digests), self.v_proj(digests)
+
+    def _keys(self, context: torch.Tensor, digest_keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """Rotated keys of [context; digests]; at inference RoPE writes each part straight into its rows."""
         b, n, _ = context.shape
         parts = ((self._heads(self.k_proj(context)), cos[:, :n], sin[:, :n]),
-                 (self._heads(self.k_proj(digests)), cos[:, n:], sin[:, n:]))
+                 (self._heads(digest_keys), cos[:, n:], sin[:, n:]))
         if torch.is_grad_enabled():
             return torch.cat([apply_rope(*part) for part in parts], dim=1)
-        keys = context.new_empty(b, n + digests.shape[1], self.num_heads, self.head_dim)
+        keys = context.new_empty(b, n + digest_keys.shape[1], self.num_heads, self.head_dim)
         for part, rows in zip(parts, (slice(None, n), slice(n, None))):
             apply_rope(*part, out=keys[:, rows])
         return keys
 
-    def _values(self, context: torch.Tensor, digests: torch.Tensor) -> torch.Tensor:
-        return self._heads(torch.cat([self.v_proj(context), self.v_proj(digests).expand(len(context), -1, -1)], dim=1))
+    def _values(self, context: torch.Tensor, digest_values: torch.Tensor) -> torch.Tensor:
+        return self._heads(torch.cat([self.v_proj(context), digest_values.expand(len(context), -1, -1)], dim=1))
 
     def forward(
         self,
         queries: torch.Tensor,  # [B or 1, k, h]
         context: torch.Tensor,  # [B, n, h]
-        digests: torch.Tensor,  # [1, k, h]
+        digest_kv: tuple[torch.Tensor, torch.Tensor],  # project_digests of the digests: [1, k, h] each
         mask: torch.Tensor,  # [B, 1, k, n+k] additive: 0 = may attend, -inf = may not
         rope_q: tuple[torch.Tensor, torch.Tensor],
         rope_kv: tuple[torch.Tensor, torch.Tensor],
@@ -228,8 +233,8 @@ class DigestCrossAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         # Heads move in front of positions ([B, heads, T, d]) only after RoPE, for the attention.
         q = apply_rope(self._heads(self.q_proj(queries)), *rope_q).transpose(1, 2)
-        k = self._keys(context, digests, *rope_kv).transpose(1, 2)
-        v = self._values(context, digests).transpose(1, 2)
+        k = self._keys(context, digest_kv[0], *rope_kv).transpose(1, 2)
+        v = self._values(context, digest_kv[1]).transpose(1, 2)
         weights = None
         if return_weights:  # explicit softmax, for attention analysis and tests
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
@@ -263,13 +268,16 @@ class ICFormerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.ffn = SwiGLU(config)
 
-    def forward(self, x, context_hat, digests_hat, mask, rope_q, rope_kv, return_weights=False):
-        # The K/V input arrives normalised (rms_normalise of context and digests, shared by every
-        # layer: only the gain differs); RMSNorm is row-wise, so norming the two apart equals
-        # norming their concatenation.
-        gain = self.kv_norm.weight
+    # The K/V input arrives normalised (rms_normalise of context and digests, shared by every
+    # layer: only the gain differs); RMSNorm is row-wise, so norming the two apart equals
+    # norming their concatenation.
+    def digest_kv(self, digests_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's key and value projections of the K/V-normed digest rows."""
+        return self.attn.project_digests(self.kv_norm.weight * digests_hat)
+
+    def forward(self, x, context_hat, digest_kv, mask, rope_q, rope_kv, return_weights=False):
         attended, weights = self.attn(
-            self.query_norm(x), gain * context_hat, gain * digests_hat, mask, rope_q, rope_kv, return_weights
+            self.query_norm(x), self.kv_norm.weight * context_hat, digest_kv, mask, rope_q, rope_kv, return_weights
         )
         x = x + attended  # in the first block, x is the shared [1, k, h] digests: this fans out
         x = x + self.ffn(self.ffn_norm(x))
@@ -296,6 +304,7 @@ class ICFormerModel(nn.Module):
         self.norm = RMSNorm(h, config.rms_norm_eps, init=config.output_norm_init)
         self.rope = RotaryEmbedding(config.head_dim, config.rope_theta)
         self.trained = False  # set by from_pretrained from the checkpoint's own record
+        self._digest_kv_cache: tuple[tuple, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
         self.source_dir: Path | None = None  # the checkpoint it was loaded from (model card beside it)
         self.reset_parameters()
 
@@ -311,6 +320,24 @@ class ICFormerModel(nn.Module):
         if name not in self.task_embeddings:
             raise KeyError(f"no task vector {name!r}; this model has {list(self.task_embeddings)}")
         return self.task_embeddings[name]
+
+    def digest_kv(self, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every layer's key and value projections of the digest rows, [1, k, h] each, before RoPE.
+
+        They read only weights, never the context, so at inference (no autograd) they are kept
+        and reused until one of the weights they read changes: an optimiser step or a load bumps
+        the tensors' version counters, a move to another device or dtype makes new tensors.
+        """
+        reads = [self.digest_embeddings]
+        for layer in self.layers:
+            reads += [layer.kv_norm.weight, layer.attn.k_proj.weight, layer.attn.v_proj.weight]
+        key = (dtype, *((id(w), w._version, w.dtype, w.device) for w in reads))
+        if self._digest_kv_cache is not None and self._digest_kv_cache[0] == key and not torch.is_grad_enabled():
+            return self._digest_kv_cache[1]
+        digests_hat = rms_normalise(self.digest_embeddings.to(dtype)[None], self.config.rms_norm_eps)
+        kv = [layer.digest_kv(digests_hat) for layer in self.layers]
+        self._digest_kv_cache = None if torch.is_grad_enabled() else (key, kv)
+        return kv
 
     def forward(
         self,
@@ -340,11 +367,10 @@ class ICFormerModel(nn.Module):
         mask = torch.zeros(b, 1, k, n + k, dtype=dtype, device=device).masked_fill_(~allowed[:, None], float("-inf"))
 
         # Every layer's K/V norm divides the same rows by the same RMS: done once, here.
-        eps = self.config.rms_norm_eps
-        context_hat, digests_hat = rms_normalise(context_embeds, eps), rms_normalise(digests, eps)
+        context_hat = rms_normalise(context_embeds, self.config.rms_norm_eps)
         x, attentions = digests, [] if return_attentions else None
-        for layer in self.layers:
-            x, weights = layer(x, context_hat, digests_hat, mask, rope_q, rope_kv, return_attentions)
+        for layer, digest_kv in zip(self.layers, self.digest_kv(dtype)):
+            x, weights = layer(x, context_hat, digest_kv, mask, rope_q, rope_kv, return_attentions)
             if attentions is not None:
                 attentions.append(weights)
         return self.norm(x), attentions
