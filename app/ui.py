@@ -88,6 +88,7 @@ table.icf-table td { font-variant-numeric: tabular-nums; }
 .icf-diagram { width: 100%; max-width: 760px; height: auto; display: block; margin: 8px auto; }
 .icf-reference { margin: 6px 0; padding: 6px 10px; border-left: 3px solid #10b981; background: #f0fdf4;
   border-radius: 4px; font-size: 0.92rem; }
+#icf-model th:first-child, #icf-model td:first-child { white-space: nowrap; }
 .icf-legend span { display: inline-block; padding: 0 6px; border-radius: 4px; margin-right: 8px; }
 """
 
@@ -274,7 +275,7 @@ def build_demo(
                 gr.Markdown(about.METHOD_MD)
                 gr.HTML(about.DIAGRAM_SVG)
                 gr.Markdown("### What is loaded")
-                about_model = gr.Markdown(h.model_markdown())
+                about_model = gr.Markdown(h.model_markdown(), elem_id="icf-model")
                 gr.Markdown("### Model profiles")
                 about_profiles = gr.HTML(h.profiles_html(), elem_id="icf-profiles")
                 gr.Markdown(about.LIMITATIONS_MD)
