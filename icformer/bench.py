@@ -20,7 +20,6 @@ import datetime as dt
 import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +31,7 @@ from .compressor import EMBEDDED_COMPRESSOR, ContextCompressor, encode
 from .flops import Flops, chunk_grid, icae_flops, icformer_flops, measure_flops
 from .modeling_icformer import ICFormerConfig, ICFormerModel
 from .prompts import assemble, prompt_style, question_layout
-from .timing import cpu_name, elapsed, peak_memory_bytes, reset_peak_memory
+from .timing import cpu_name, elapsed, peak_memory_bytes, reset_peak_memory, source_commit
 
 DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096)
 DEFAULT_BATCH_SIZES = (1, 8)
@@ -222,13 +221,7 @@ def environment(cc: ContextCompressor) -> dict[str, Any]:
     """Where and with what the numbers were measured."""
     import transformers
 
-    root = Path(__file__).resolve().parent.parent
-    git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True)  # noqa: E731
-    try:
-        commit = git("rev-parse", "HEAD").stdout.strip() or None
-        dirty = bool(git("status", "--porcelain").stdout.strip())
-    except OSError:
-        commit, dirty = None, None
+    commit, dirty = source_commit()
     # A copy of the tree whose .git is not its own (a lent GPU machine's) is told its commit instead.
     if os.environ.get(SOURCE_COMMIT_ENV):
         commit, dirty = os.environ[SOURCE_COMMIT_ENV], None

@@ -41,7 +41,6 @@ import math
 import os
 import random
 import shlex
-import subprocess
 import sys
 import time
 import warnings
@@ -54,7 +53,7 @@ import torch
 
 from .data import sha256_file
 from .prompts import context_prefix_ids, prompt_style
-from .timing import machine_description
+from .timing import machine_description, source_commit
 
 # --------------------------------------------------------------------------- the paper's numbers
 
@@ -677,14 +676,6 @@ def flops_numbers(cc) -> dict[str, float]:
 # --------------------------------------------------------------------------- provenance
 
 
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
 def default_command() -> str:
     argv = list(sys.argv)
     if argv and Path(argv[0]).name == "__main__.py" and Path(argv[0]).parent.name == "icformer":
@@ -710,6 +701,7 @@ class _Evaluation:
         self.bench_from: str | Path | None = None
         self.bench_source: str | None = None  # where the benchmark rows came from
         self.earlier: list[dict[str, Any]] = []
+        self.source = source_commit()  # before this run writes its outputs, which may be tracked files
         self._fingerprints = {label: m.fingerprint() for label, m in methods.items()}
         self.qa_store: SampleStore | None = None
         self.qa_chosen: list[dict] = []
@@ -983,8 +975,7 @@ class _Evaluation:
 
         trained = {label: m.trained for label, m in self.methods.items()}
         untrained = [m for m, ok in trained.items() if not ok]
-        commit = _git("rev-parse", "HEAD")
-        dirty = bool(_git("status", "--porcelain")) if commit else None
+        commit, dirty = self.source
         cfg = self.cc.icformer.config
         return dict(
             llm=self.cc.target.name,

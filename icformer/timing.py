@@ -1,12 +1,14 @@
 """Wall-clock timing that is honest on GPUs (synchronise before reading the clock), and the
-machine a number was measured on."""
+machine and code a number was measured on."""
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import psutil
@@ -78,3 +80,19 @@ def machine_description(device: torch.device | str) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (cuda)"
     return f"{cpu_name()}, {os.cpu_count()} CPU cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
+
+
+def source_commit() -> tuple[str | None, bool | None]:
+    """(this checkout's git commit, whether its tree holds uncommitted changes); Nones outside git.
+
+    Read it before a run writes its outputs: written into a tracked folder, they would count as changes.
+    """
+    git = lambda *args: subprocess.run(  # noqa: E731
+        ["git", *args], cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=20)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None, None
+        return head.stdout.strip(), bool(git("status", "--porcelain").stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, None

@@ -4,6 +4,7 @@ import csv
 import json
 import random
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch
 from app.results import load_bench_results, load_results
 from icformer import ContextCompressor, UntrainedWarning
 from icformer import compressor as compressor_module
+from icformer import evaluate
 from icformer.cli import main
 from icformer.evaluate import (
     PAPER_NUMBERS,
@@ -25,6 +27,7 @@ from icformer.evaluate import (
 )
 from icformer.icae import ICAEConfig, ICAEModel
 from icformer.llm import load_llm
+from icformer.timing import source_commit
 
 from .conftest import TINY_K, TINY_L, make_tiny_icformer
 
@@ -246,6 +249,23 @@ def test_other_committed_benchmark_runs_are_tabled_beside_the_paper(cc, data_dir
     readme = (out / "README.md").read_text()
     assert readme.count("### Also committed") == 1 and "`bench/gpu-run.json`" in readme and "Some GPU" in readme
     assert "| 8 | 512 |" in readme and "| 68 |" in readme.split("### Also committed")[1]  # the paper's 8x512
+
+
+def test_the_commit_is_read_before_the_run_writes_its_own_outputs(cc, data_dir, tmp_path, monkeypatch):
+    """Results written into a tracked folder must not mark the commit they came from as dirty."""
+    states = iter([("c0ffee", False)])  # one clean reading; another would find the run's own files
+    monkeypatch.setattr(evaluate, "source_commit", lambda: next(states, ("c0ffee", True)))
+    run_evaluation(cc, tmp_path / "results", data_dir=data_dir, no_pretrain=None, progress=False,
+                   **dict(SMALL, sections=("bench",)))
+    assert json.loads((tmp_path / "results" / "meta.json").read_text())["commit"] == "c0ffee"
+
+
+def test_source_commit_names_this_checkout():
+    commit, dirty = source_commit()
+    if (Path(evaluate.__file__).resolve().parent.parent / ".git").exists():
+        assert len(commit) == 40 and int(commit, 16) >= 0 and isinstance(dirty, bool)
+    else:  # an unpacked copy, not a checkout
+        assert (commit, dirty) == (None, None)
 
 
 def test_randomness_sequences(cc, data_dir):
