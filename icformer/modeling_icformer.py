@@ -19,7 +19,7 @@ compressed in one batched call and the digests are concatenated per context. The
 embeddings are the same in every chunk, so whatever is computed from them alone (every
 layer's digest keys/values before RoPE, the first layer's queries before RoPE) is computed
 once per call and broadcast over the chunks. The digest keys/values read nothing but weights,
-so inference keeps them from one call to the next (`ICFormerModel.digest_kv`).
+so inference with frozen weights keeps them from one call to the next (`ICFormerBlock.digest_kv`).
 """
 
 from __future__ import annotations
@@ -267,15 +267,32 @@ class ICFormerBlock(nn.Module):
         self.attn = DigestCrossAttention(config)
         self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.ffn = SwiGLU(config)
+        self._kept_digest_kv: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # The K/V input arrives normalised (rms_normalise of context and digests, shared by every
     # layer: only the gain differs); RMSNorm is row-wise, so norming the two apart equals
     # norming their concatenation.
-    def digest_kv(self, digests_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """This layer's key and value projections of the K/V-normed digest rows."""
-        return self.attn.project_digests(self.kv_norm.weight * digests_hat)
+    def digest_kv(self, digests_hat: torch.Tensor, source: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's key and value projections of the K/V-normed digest rows [1, k, h], before RoPE.
 
-    def forward(self, x, context_hat, digest_kv, mask, rope_q, rope_kv, return_weights=False):
+        They read only weights, never the context. Given `source` (the version of the digest rows,
+        for frozen weights at inference) they are kept until it or a weight of this layer changes:
+        a load or any in-place write bumps the tensors' version counters (a write through `.data`
+        does not), and a move changes their device or dtype. Computed here, in the layer's own call,
+        because sharded training gathers a layer's weights only for that call.
+        """
+        key = None
+        if source is not None:
+            weights = (self.kv_norm.weight, self.attn.k_proj.weight, self.attn.v_proj.weight)
+            key = (source, *((id(w), w._version, w.dtype, w.device) for w in weights))
+            if self._kept_digest_kv is not None and self._kept_digest_kv[0] == key:
+                return self._kept_digest_kv[1]
+        kv = self.attn.project_digests(self.kv_norm.weight * digests_hat)
+        self._kept_digest_kv = None if key is None else (key, kv)
+        return kv
+
+    def forward(self, x, context_hat, digests_hat, mask, rope_q, rope_kv, return_weights=False, source=None):
+        digest_kv = self.digest_kv(digests_hat, source)
         attended, weights = self.attn(
             self.query_norm(x), self.kv_norm.weight * context_hat, digest_kv, mask, rope_q, rope_kv, return_weights
         )
@@ -304,7 +321,6 @@ class ICFormerModel(nn.Module):
         self.norm = RMSNorm(h, config.rms_norm_eps, init=config.output_norm_init)
         self.rope = RotaryEmbedding(config.head_dim, config.rope_theta)
         self.trained = False  # set by from_pretrained from the checkpoint's own record
-        self._digest_kv_cache: tuple[tuple, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
         self.source_dir: Path | None = None  # the checkpoint it was loaded from (model card beside it)
         self.reset_parameters()
 
@@ -320,24 +336,6 @@ class ICFormerModel(nn.Module):
         if name not in self.task_embeddings:
             raise KeyError(f"no task vector {name!r}; this model has {list(self.task_embeddings)}")
         return self.task_embeddings[name]
-
-    def digest_kv(self, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Every layer's key and value projections of the digest rows, [1, k, h] each, before RoPE.
-
-        They read only weights, never the context, so at inference (no autograd) they are kept
-        and reused until one of the weights they read changes: an optimiser step or a load bumps
-        the tensors' version counters, a move to another device or dtype makes new tensors.
-        """
-        reads = [self.digest_embeddings]
-        for layer in self.layers:
-            reads += [layer.kv_norm.weight, layer.attn.k_proj.weight, layer.attn.v_proj.weight]
-        key = (dtype, *((id(w), w._version, w.dtype, w.device) for w in reads))
-        if self._digest_kv_cache is not None and self._digest_kv_cache[0] == key and not torch.is_grad_enabled():
-            return self._digest_kv_cache[1]
-        digests_hat = rms_normalise(self.digest_embeddings.to(dtype)[None], self.config.rms_norm_eps)
-        kv = [layer.digest_kv(digests_hat) for layer in self.layers]
-        self._digest_kv_cache = None if torch.is_grad_enabled() else (key, kv)
-        return kv
 
     def forward(
         self,
@@ -367,10 +365,15 @@ class ICFormerModel(nn.Module):
         mask = torch.zeros(b, 1, k, n + k, dtype=dtype, device=device).masked_fill_(~allowed[:, None], float("-inf"))
 
         # Every layer's K/V norm divides the same rows by the same RMS: done once, here.
-        context_hat = rms_normalise(context_embeds, self.config.rms_norm_eps)
+        eps = self.config.rms_norm_eps
+        context_hat, digests_hat = rms_normalise(context_embeds, eps), rms_normalise(digests, eps)
+        # Frozen weights at inference: the layers keep their digest k/v while the digests stay this version.
+        frozen = not torch.is_grad_enabled() and not any(p.requires_grad for p in self.parameters())
+        d = self.digest_embeddings
+        source = (id(d), d._version, d.dtype, d.device, dtype) if frozen else None
         x, attentions = digests, [] if return_attentions else None
-        for layer, digest_kv in zip(self.layers, self.digest_kv(dtype)):
-            x, weights = layer(x, context_hat, digest_kv, mask, rope_q, rope_kv, return_attentions)
+        for layer in self.layers:
+            x, weights = layer(x, context_hat, digests_hat, mask, rope_q, rope_kv, return_attentions, source)
             if attentions is not None:
                 attentions.append(weights)
         return self.norm(x), attentions

@@ -195,38 +195,45 @@ def test_inference_writes_keys_in_place_with_the_same_bits_as_training(dtype):
     assert torch.equal(inference, training.detach())
 
 
-def test_inference_keeps_the_digest_kv_until_a_weight_it_reads_changes():
+def test_frozen_inference_keeps_the_digest_kv_until_a_weight_it_reads_changes():
     """Kept digest k/v give the same bits as fresh ones, and go stale with no weight change."""
-    model = make_model()
+    model = make_model().requires_grad_(False)  # frozen, as ContextCompressor keeps it
     padded, mask = torch.randn(2, L, H), torch.ones(2, L, dtype=torch.bool)
 
+    def kept() -> list:
+        return [layer._kept_digest_kv for layer in model.layers]
+
     def fresh() -> torch.Tensor:
-        model._digest_kv_cache = None
+        for layer in model.layers:
+            layer._kept_digest_kv = None
         with torch.no_grad():
             return model(padded, mask)[0]
 
     with torch.no_grad():
-        first = model.digest_kv(torch.float32)
-        assert model.digest_kv(torch.float32) is first  # kept: the same tensors
         before = model(padded, mask)[0]
+        first = [entry[1] for entry in kept()]
+        model(padded, mask)
+        assert all(a is b[1] for a, b in zip(first, kept()))  # kept: the same tensors
         assert torch.equal(before, fresh())
         for step, change in enumerate([
-            lambda: model.layers[1].attn.v_proj.weight.add_(0.1),  # an optimiser step writes in place
+            lambda: model.layers[1].attn.v_proj.weight.add_(0.1),
             lambda: model.digest_embeddings.mul_(2),
             lambda: model.layers[2].kv_norm.weight.fill_(0.5),
             lambda: model.load_state_dict(make_model(initializer_range=0.05).state_dict()),
+            lambda: model.double(),  # same tensors' ids and versions, another dtype
         ]):
-            kept = model(padded, mask)[0]
+            old = model(padded, mask)[0]
             change()
+            padded = padded.to(model.digest_embeddings.dtype)
             after = model(padded, mask)[0]
-            assert not torch.equal(after, kept), step
+            assert not torch.equal(after.float(), old.float()), step
             assert torch.equal(after, fresh()), step
-        model.double()  # converted weights: computed anew
-        padded = padded.double()
-        assert model.digest_kv(torch.float64)[0][0].dtype == torch.float64
-        assert torch.equal(model(padded, mask)[0], fresh())
-    assert model.digest_kv(torch.float32)[0][0].requires_grad  # with autograd: computed, never kept
-    assert model._digest_kv_cache is None
+    model(padded, mask)  # with autograd: computed, never kept
+    assert kept() == [None] * len(model.layers)
+    model.requires_grad_(True)
+    with torch.no_grad():  # trainable weights (say, evaluation during training): never kept
+        model(padded, mask)
+    assert kept() == [None] * len(model.layers)
 
 
 def test_save_load_round_trip_is_bit_exact(tmp_path):
