@@ -73,7 +73,7 @@ def icformer_flops(config: ICFormerConfig, num_tokens: int, batch: int = 1) -> F
 
 
 def digest_kv_flops(config: ICFormerConfig) -> int:
-    """What `ICFormerModel.digest_kv` costs when it is not kept: k and v projections of k rows, every layer."""
+    """What `ICFormerBlock.digest_kv` costs in all layers when nothing is kept: k and v projections of k rows."""
     return config.num_layers * 2 * (2 * config.num_digest_tokens * config.hidden_size ** 2)
 
 
