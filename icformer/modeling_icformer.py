@@ -151,15 +151,30 @@ class RotaryEmbedding(nn.Module):
 
     Returns cos and sin of each position's angles, [B, T, 1, d/2]: one per rotated pair
     (dimensions i and i + d/2), broadcast over heads.
+
+    The frequencies, and so the angles, never drop below float32 whatever `.to()`/`.half()` does
+    to the module (as in the authors' reference): in bf16, at head_dim 128 and positions up to
+    639, they would round the angles by up to 0.78 rad. A float64 module computes them in float64.
     """
 
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("inv_freq", self._frequencies(torch.device("cpu"), torch.float32), persistent=False)
+
+    def _frequencies(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        exponents = torch.arange(0, self.head_dim, 2, dtype=dtype, device=device) / self.head_dim
+        return 1.0 / (self.theta**exponents)
+
+    def _apply(self, fn, recurse: bool = True):
+        """Follow the module's moves and casts, but recompute the frequencies (exact) in float32 at least."""
+        super()._apply(fn, recurse)
+        dtype = torch.float64 if self.inv_freq.dtype == torch.float64 else torch.float32
+        self.inv_freq = self._frequencies(self.inv_freq.device, dtype)
+        return self
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        angles = (positions.float()[..., None] * self.inv_freq)[:, :, None]  # [B, T, 1, d/2]
+        angles = (positions.to(self.inv_freq.dtype)[..., None] * self.inv_freq)[:, :, None]  # [B, T, 1, d/2]
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
