@@ -17,6 +17,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "bench": ("icformer.bench", "time IC-Former vs ICAE compression against a full-context prefill"),
     "evaluate": ("icformer.evaluate", "paper-style evaluation (QA, reconstruction, speed) into assets/results/"),
     "publish": ("icformer.publish", "copy finished training runs into assets/checkpoints/ with model cards"),
+    "diagnose": ("icformer.diagnose", "learning gates: memorise one window, swap gap on held-out windows, locality"),
     "attention": ("icformer.attention", "the paper's attention analysis: do digests read the context in order?"),
     "profiles": ("icformer.profiles", "list the model profiles (embedded, paper) and what each is missing"),
     "import-checkpoint": ("icformer.convert", "convert a reference IC-Former or ICAE v2 release into this format"),

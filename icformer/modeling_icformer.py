@@ -87,6 +87,10 @@ class ICFormerConfig(ChunkedCompressorConfig):
     # the scale of the word embeddings the LLM expects.
     digest_init_std: float = 0.0
     output_norm_init: float = 1.0
+    # A locality prior (off in the paper): in the first `local_window_layers` layers digest i reads
+    # only its own 1/k share of the chunk (plus digests 1..i), the band a pre-trained IC-Former ends
+    # with (paper §4), so digests start distinct instead of as near-copies. docs/learning.md.
+    local_window_layers: int = 0
     task_names: list[str] = field(default_factory=lambda: ["AE", "FT"])
 
     @property
@@ -102,6 +106,9 @@ class ICFormerConfig(ChunkedCompressorConfig):
             raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
         if self.num_digest_tokens < 1 or self.chunk_size < 1 or self.num_layers < 1:
             raise ValueError("num_digest_tokens (k), chunk_size (L) and num_layers must be positive")
+        if not 0 <= self.local_window_layers <= self.num_layers:
+            raise ValueError(f"local_window_layers must be in 0..num_layers={self.num_layers}, "
+                             f"got {self.local_window_layers}")
 
     @classmethod
     def for_llm(cls, llm_config: Any, **overrides: Any) -> "ICFormerConfig":
@@ -125,6 +132,19 @@ def chunk_bounds(num_tokens: int, chunk_size: int) -> list[tuple[int, int]]:
     num_chunks = math.ceil(num_tokens / chunk_size)
     size = math.ceil(num_tokens / num_chunks)
     return [(start, min(start + size, num_tokens)) for start in range(0, num_tokens, size)]
+
+
+def own_windows(lengths: torch.Tensor, k: int, n: int) -> torch.Tensor:
+    """[B, k, n] bool: digest i's own share of each chunk, tokens [i*len/k, (i+1)*len/k).
+
+    Shares follow each chunk's true length, so a short last chunk is still divided among all k
+    digests; a chunk shorter than k gives each digest at least the token its share starts in.
+    """
+    i = torch.arange(k, device=lengths.device)
+    start = torch.div(i[None] * lengths[:, None], k, rounding_mode="floor")  # [B, k]
+    end = torch.maximum(torch.div((i[None] + 1) * lengths[:, None], k, rounding_mode="floor"), start + 1)
+    j = torch.arange(n, device=lengths.device)
+    return (j[None, None] >= start[..., None]) & (j[None, None] < end[..., None])
 
 
 # --------------------------------------------------------------------------- layers
@@ -374,10 +394,11 @@ class ICFormerModel(nn.Module):
         key_pos = torch.cat([torch.arange(n, device=device).expand(b, n), query_pos], dim=1)
         rope_q, rope_kv = self.rope(query_pos, dtype), self.rope(key_pos, dtype)
 
-        causal = torch.ones(k, k, dtype=torch.bool, device=device).tril()
-        allowed = torch.cat([context_mask[:, None, :].expand(b, k, n), causal.expand(b, k, k)], dim=-1)
-        # Additive and built once: a boolean mask would be converted again by every layer's attention.
-        mask = torch.zeros(b, 1, k, n + k, dtype=dtype, device=device).masked_fill_(~allowed[:, None], float("-inf"))
+        causal = torch.ones(k, k, dtype=torch.bool, device=device).tril().expand(b, k, k)
+        readable = context_mask[:, None, :].expand(b, k, n)
+        masks = [self._additive_mask(readable, causal, dtype)]
+        if self.config.local_window_layers:
+            masks.append(self._additive_mask(readable & own_windows(lengths, k, n), causal, dtype))
 
         # Every layer's K/V norm divides the same rows by the same RMS: done once, here.
         eps = self.config.rms_norm_eps
@@ -387,11 +408,21 @@ class ICFormerModel(nn.Module):
         d = self.digest_embeddings
         source = (id(d), d._version, d.dtype, d.device, dtype) if frozen else None
         x, attentions = digests, [] if return_attentions else None
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
+            mask = masks[-1] if index < self.config.local_window_layers else masks[0]
             x, weights = layer(x, context_hat, digests_hat, mask, rope_q, rope_kv, return_attentions, source)
             if attentions is not None:
                 attentions.append(weights)
         return self.norm(x), attentions
+
+    @staticmethod
+    def _additive_mask(context: torch.Tensor, digests: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """[B, 1, k, n+k] additive mask (0 may attend, -inf may not) from boolean [B, k, n] and [B, k, k].
+
+        Additive and built once per call: a boolean mask would be converted again by every layer.
+        """
+        allowed = torch.cat([context, digests], dim=-1)[:, None]
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
     def compress(self, contexts: list[torch.Tensor]) -> list[torch.Tensor]:
         """Divide and conquer: all chunks of all contexts ([n_i, h] each) in one batched call."""

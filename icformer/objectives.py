@@ -9,6 +9,11 @@ The layouts shown are the "default" prompt style; a compressor imported from a r
 training in its own (prompts.py), so the example builders take the compressor's style.
 
 Only the compressor (and ICAE's LoRA) learns; gradients pass through the frozen LLM.
+
+`readout_weight` > 0 adds a named deviation from the paper (docs/learning.md): each IC-Former
+digest must also let a per-slot linear map and the LLM's own frozen LM head name the tokens of
+its share of the chunk. That asks the digests to carry their window's tokens from the first step,
+at a cost of one [k, h] x [h, vocab] product per slot, without running the LLM.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from torch import nn
 
 from .compressor import encode
 from .llm import TargetLLM
+from .modeling_icformer import chunk_bounds
 from .prompts import Layout, assemble, question_layout, reconstruction_layout
 
 IGNORE = -100
@@ -58,12 +64,18 @@ class CompressionObjective(nn.Module):
     the LLM, so the LLM must be a submodule too; its frozen weights are never synced).
     """
 
-    def __init__(self, compressor: nn.Module, target: TargetLLM, kl_weight: float = 0.0) -> None:
+    def __init__(self, compressor: nn.Module, target: TargetLLM, kl_weight: float = 0.0,
+                 readout_weight: float = 0.0) -> None:
         super().__init__()
         self.compressor = compressor
         self.llm = target.model
         self._target = target  # a plain attribute, not a submodule
         self.kl_weight = kl_weight
+        self.readout_weight = readout_weight
+        if readout_weight > 0:
+            if compressor.method != "icformer":
+                raise ValueError("readout_weight is an IC-Former option: ICAE's slots have no token windows")
+            self.readout = WindowReadout(compressor.config.hidden_size, compressor.config.k, compressor.config.L)
 
     def _decoding(self):
         """Decode with ICAE's adapter off; IC-Former never touches the LLM's weights."""
@@ -93,14 +105,33 @@ class CompressionObjective(nn.Module):
 
     def forward(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean token loss, number of target tokens) for a micro-batch."""
-        vectors = encode(self.compressor, self._target, [e.context_ids for e in examples])
+        vectors = self.encode(examples)
         inputs, mask, labels = self._sequences(examples, vectors)
         with self._decoding():
             logits, targets = self._logits(inputs, mask, labels)
         loss = F.cross_entropy(logits.float(), targets)
         if self.kl_weight > 0:
             loss = loss + self.kl_weight * self._kl_to_full_context(examples, logits)
+        if self.readout_weight > 0:
+            readout = self.readout(vectors, [e.context_ids for e in examples], self.llm.lm_head)
+            loss = loss + self.readout_weight * readout
         return loss, torch.tensor(targets.numel(), device=loss.device)
+
+    def encode(self, examples: list[Example]) -> list[torch.Tensor]:
+        """The compressed context of each example, as the LLM will read it."""
+        return encode(self.compressor, self._target, [e.context_ids for e in examples])
+
+    def score(self, examples: list[Example], vectors: list[torch.Tensor]) -> tuple[float, float]:
+        """(mean token loss, teacher-forced token accuracy) of the targets given these `vectors`.
+
+        The vectors need not be the examples' own: scoring with another sample's is how the
+        diagnostics measure what the vectors carry (diagnose.py).
+        """
+        inputs, mask, labels = self._sequences(examples, vectors)
+        with self._decoding():
+            logits, targets = self._logits(inputs, mask, labels)
+        loss = F.cross_entropy(logits.float(), targets)
+        return loss.item(), (logits.argmax(-1) == targets).float().mean().item()
 
     def _kl_to_full_context(self, examples: list[Example], student_logits: torch.Tensor) -> torch.Tensor:
         """KL(teacher || student) on the answer tokens; the teacher reads the raw context."""
@@ -111,3 +142,48 @@ class CompressionObjective(nn.Module):
             student_logits.float().log_softmax(-1), teacher_logits.float().log_softmax(-1),
             log_target=True, reduction="batchmean",
         )
+
+
+class WindowReadout(nn.Module):
+    """Per-slot linear maps from a digest to the tokens of its share of the chunk, via a frozen LM head.
+
+    Digest i of a chunk of m tokens owns tokens [i*m/k, (i+1)*m/k) (as `own_windows` in the model);
+    slot s reads the s-th of them. The maps start as the identity: a digest that equals a token's
+    embedding names that token through the tied head.
+    """
+
+    def __init__(self, hidden_size: int, k: int, chunk_size: int) -> None:
+        super().__init__()
+        self.k, self.chunk_size = k, chunk_size
+        slots = -(-chunk_size // k)
+        self.maps = nn.Parameter(torch.eye(hidden_size).repeat(slots, 1, 1))
+
+    def targets(self, num_tokens: int) -> list[tuple[int, int, int]]:
+        """(digest row, slot, token position) triples for one context of `num_tokens` tokens."""
+        triples = []
+        for chunk, (start, end) in enumerate(chunk_bounds(num_tokens, self.chunk_size)):
+            m = end - start
+            for i in range(self.k):
+                first = i * m // self.k
+                last = max((i + 1) * m // self.k, first + 1)
+                for slot, position in enumerate(range(start + first, min(start + last, end))):
+                    if slot < len(self.maps):
+                        triples.append((chunk * self.k + i, slot, position))
+        return triples
+
+    def forward(self, vectors: list[torch.Tensor], ids: list[list[int]], lm_head: nn.Module) -> torch.Tensor:
+        """Mean cross-entropy of every owned token, read from its digest (one product per slot)."""
+        reads, tokens = [], []
+        for slot, slot_map in enumerate(self.maps):
+            rows, wanted = [], []
+            for digests, context in zip(vectors, ids):
+                picks = [(row, position) for row, s, position in self.targets(len(context)) if s == slot]
+                if picks:
+                    index = torch.tensor([row for row, _ in picks], device=digests.device)
+                    rows.append(digests.index_select(0, index))
+                    wanted.extend(context[position] for _, position in picks)
+            if rows:
+                reads.append(torch.cat(rows) @ slot_map)
+                tokens.extend(wanted)
+        logits = lm_head(torch.cat(reads).to(lm_head.weight.dtype)).float()
+        return F.cross_entropy(logits, torch.tensor(tokens, device=logits.device))

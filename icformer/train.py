@@ -31,6 +31,7 @@ from .objectives import (
     language_modelling_example,
     question_example,
 )
+from .diagnose import context_use
 from .prompts import prompt_style
 from .timing import machine_description
 
@@ -66,8 +67,10 @@ class TrainConfig:
     save_every: int = 100
     seed: int = 0
     mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    output_norm_init: float = 1.0  # named deviation from the paper (MEASUREMENTS.md); 1.0 = paper
+    output_norm_init: float = 1.0  # named deviation from the paper (docs/learning.md); 1.0 = paper
     digest_init_std: float = 0.0
+    local_window_layers: int = 0  # IC-Former locality prior (docs/learning.md); 0 = paper
+    readout_weight: float = 0.0  # IC-Former window-readout auxiliary loss (objectives.py); 0 = paper
     lora_r: int = 128
     gradient_checkpointing: bool = False  # recompute the frozen LLM's activations in backward (IC-Former only)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -88,6 +91,9 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options {sorted(unknown)}")
         config = cls(**values)
+        if config.eval_samples == 1:
+            raise ValueError("eval_samples must be 0 (no evaluation) or at least 2: the swap gap swaps one "
+                             "sample's vectors into another's")
         if config.method not in ("icformer", "icae") or config.stage not in ("pretrain", "finetune"):
             raise ValueError(f"method must be icformer|icae and stage pretrain|finetune, got {config.method}/{config.stage}")
         return config
@@ -165,6 +171,7 @@ def build_compressor(config: TrainConfig, target):
         return ICFormerModel(ICFormerConfig.for_llm(
             target.model.config, num_digest_tokens=config.num_digest_tokens, chunk_size=config.chunk_size,
             output_norm_init=config.output_norm_init, digest_init_std=config.digest_init_std,
+            local_window_layers=config.local_window_layers,
         ))
     from .icae import ICAEConfig, ICAEModel
 
@@ -218,7 +225,8 @@ def save_checkpoint(accelerator, out_dir: Path, step: int, objective, optimizer,
     compressor.save_pretrained(tmp / "model", state_dict=weights, trained=step >= config.max_steps, **record)
     torch.save(
         {"step": step, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
-         "torch_rng": torch.get_rng_state(), "config": asdict(config)},
+         "torch_rng": torch.get_rng_state(), "config": asdict(config),
+         "objective_extras": objective_extras(accelerator.unwrap_model(objective))},
         tmp / STATE_NAME,
     )
     if path.exists():
@@ -256,6 +264,19 @@ def full_optimizer_state(accelerator, objective, optimizer) -> dict | None:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_optimizer_state_dict(objective, optimizer.optimizer, options=options)
     return optimizer.state_dict()
+
+
+def objective_extras(objective) -> dict[str, torch.Tensor]:
+    """Trained weights of the objective outside the compressor (the window readout), for resuming."""
+    readout = getattr(objective, "readout", None)
+    return {} if readout is None else {f"readout.{k}": v.detach().cpu() for k, v in readout.state_dict().items()}
+
+
+def load_objective_extras(path: Path, objective) -> None:
+    state = torch.load(path / STATE_NAME, weights_only=True, mmap=True).get("objective_extras") or {}
+    readout = getattr(objective, "readout", None)
+    if readout is not None and state:
+        readout.load_state_dict({k[len("readout."):]: v for k, v in state.items()})
 
 
 def load_weights(path: Path, compressor) -> None:
@@ -347,14 +368,18 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     compressor.train()
     for name, vector in compressor.task_embeddings.items():  # the paper freezes [AE] when fine-tuning
         vector.requires_grad_(name in STAGE_TASKS[config.stage])
-    objective = CompressionObjective(compressor, target, kl_weight=config.kl_weight)
-    optimizer = torch.optim.AdamW(trainable_parameters(compressor), lr=config.lr, weight_decay=config.weight_decay)
+    objective = CompressionObjective(compressor, target, kl_weight=config.kl_weight,
+                                     readout_weight=config.readout_weight)
+    extra = list(objective.readout.parameters()) if config.readout_weight > 0 else []
+    optimizer = torch.optim.AdamW(trainable_parameters(compressor) + extra, lr=config.lr,
+                                  weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config)
 
     step = 0
     checkpoint = latest_checkpoint(out_dir) if resume else None
     if checkpoint is not None:
         load_weights(checkpoint, compressor)
+        load_objective_extras(checkpoint, objective)
     objective, optimizer = accelerator.prepare(objective, optimizer)
     if accelerator.gradient_accumulation_steps != config.grad_accum:  # e.g. set in an accelerate config
         raise ValueError(f"accelerate accumulates {accelerator.gradient_accumulation_steps} micro-batches per "
@@ -365,6 +390,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     style = prompt_style(compressor)
     train_stream = SampleStream(load_rows(config, "train"), target.tokenizer, config, style)
     valid_rows = load_rows(config, "valid")[: config.eval_samples]
+    if len(valid_rows) == 1:
+        raise ValueError(f"{config.data_dir} has one validation row; the swap gap needs at least 2 (or eval_samples 0)")
     valid_stream = SampleStream(valid_rows, target.tokenizer, config, style) if valid_rows else None
     log_path = out_dir / "metrics.jsonl"
     _truncate_log(log_path, step)
@@ -405,7 +432,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
                    "tokens_per_s": tokens * world / seconds, "step_s": seconds,
                    "elapsed_s": time.perf_counter() - started}
             if valid_stream is not None and (step % config.eval_every == 0 or step == config.max_steps):
-                row["valid_loss"] = evaluate_loss(objective, valid_stream, len(valid_rows))
+                examples = [valid_stream.example(i) for i in range(len(valid_rows))]
+                row.update(context_use(accelerator.unwrap_model(objective), examples).as_row())
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
             if accelerator.is_main_process:
@@ -445,21 +473,6 @@ def checkpoint_llm(model):
         model.train(was_training)
 
     return undo
-
-
-def evaluate_loss(objective, stream: SampleStream, n: int) -> float:
-    """Mean validation loss on a fixed set of samples (same samples every time).
-
-    Each module's mode is put back as it was: `objective.train()` would also switch the
-    frozen LLM into training mode.
-    """
-    modes = [(module, module.training) for module in objective.modules()]
-    objective.eval()
-    with torch.no_grad():
-        losses = [objective([stream.example(i)])[0].item() for i in range(n)]
-    for module, training in modes:
-        module.training = training
-    return sum(losses) / len(losses)
 
 
 def _record(row: dict, config: TrainConfig, device: torch.device) -> dict:

@@ -54,17 +54,17 @@ def train_data(tmp_path):
     d.mkdir()
     write = lambda name, rows: (d / name).write_text("".join(json.dumps(r) + "\n" for r in rows))  # noqa: E731
     write("pretrain_train.jsonl", [{"id": str(i), "text": t} for i, t in enumerate(TRAIN_PROSE[:3])])
-    write("pretrain_valid.jsonl", [{"id": "v", "text": TRAIN_PROSE[3]}])
+    write("pretrain_valid.jsonl", [{"id": f"v{i}", "text": t} for i, t in enumerate(TRAIN_PROSE[2:4])])
     qa = [{"input": t, "prompt": "Where?", "answer": t.split()[-1]} for t in TRAIN_PROSE]
     write("instruct_train.jsonl", qa[:3])
-    write("instruct_test.jsonl", qa[3:])
+    write("instruct_test.jsonl", qa[2:])
     return d
 
 
 def tiny_train_config(tmp_path, data_dir, **overrides) -> TrainConfig:
     """A training run on the tiny Llama that finishes in about a second."""
     values = dict(data_dir=str(data_dir), out_dir=str(tmp_path / "run"), num_digest_tokens=4, chunk_size=16,
-                  lr=3e-3, batch_size=2, grad_accum=2, max_steps=4, eval_every=2, eval_samples=1, save_every=2,
+                  lr=3e-3, batch_size=2, grad_accum=2, max_steps=4, eval_every=2, eval_samples=2, save_every=2,
                   digest_init_std=0.02)
     values.update(overrides)
     return TrainConfig(**values)

@@ -262,3 +262,35 @@ def test_a_compressor_without_layers_is_refused():
 def test_bad_head_count_is_refused():
     with pytest.raises(ValueError, match="not divisible"):
         ICFormerConfig(hidden_size=30, num_heads=4)
+
+
+def test_own_windows_divide_each_true_length_among_the_digests():
+    from icformer.modeling_icformer import own_windows
+
+    windows = own_windows(torch.tensor([16, 10, 2]), k=4, n=16)
+    assert windows[0].sum(-1).tolist() == [4, 4, 4, 4] and windows[0, 1, 4:8].all()
+    assert windows[1].sum(-1).tolist() == [2, 3, 2, 3] and not windows[1, :, 10:].any()
+    assert windows[2].sum(-1).tolist() == [1, 1, 1, 1]  # shorter than k: each digest still reads a token
+
+
+def test_locality_prior_restricts_the_first_layers_to_each_digests_own_window():
+    model = make_model(local_window_layers=2, num_layers=3)
+    x = torch.randn(1, 8, H)
+    _, attentions = model(x, return_attentions=True)
+    for layer in range(2):
+        context_part = attentions[layer][0, :, :, :8]  # [heads, k, n]
+        for i in range(K):
+            own = torch.zeros(8, dtype=torch.bool)
+            own[2 * i : 2 * i + 2] = True
+            assert torch.all(context_part[:, i, own] > 0) and torch.all(context_part[:, i, ~own] == 0)
+    assert torch.all(attentions[2][..., :8] > 0), "later layers read the whole chunk, as in the paper"
+    base, _ = model(x)
+    x2 = x.clone()
+    x2[0, 7] += 1.0  # token 7 is in digest 3's window only; the global last layer still mixes it in
+    changed, _ = model(x2)
+    assert torch.all((base - changed).abs().amax(-1) > 1e-6)
+
+
+def test_a_locality_prior_beyond_the_layer_count_is_refused():
+    with pytest.raises(ValueError, match="local_window_layers"):
+        make_model(local_window_layers=4)

@@ -221,7 +221,7 @@ def _data(tmp_path) -> Path:
 
 def test_training_with_gradient_checkpointing_runs_and_restores_the_llm(tmp_path, tiny_target):
     config = TrainConfig(data_dir=str(_data(tmp_path)), out_dir=str(tmp_path / "run"), num_digest_tokens=4,
-                         chunk_size=16, batch_size=1, grad_accum=1, max_steps=2, eval_every=2, eval_samples=1,
+                         chunk_size=16, batch_size=1, grad_accum=1, max_steps=2, eval_every=2, eval_samples=2,
                          save_every=2, digest_init_std=0.02, gradient_checkpointing=True)
     row = train(config, target=tiny_target)
     assert row["step"] == 2 and row["grad_norm"] > 0 and "valid_loss" in row
@@ -246,7 +246,7 @@ def test_ddp_config_runs_one_step_on_two_cpu_processes(tmp_path, tiny_llm_dir):
            "-m", "icformer", "train", "--llm", str(tiny_llm_dir), "--data-dir", str(_data(tmp_path)),
            "--out", str(out), "--num-digest-tokens", "4", "--chunk-size", "16", "--batch-size", "1",
            "--grad-accum", "1", "--max-steps", "1", "--eval-every", "100", "--save-every", "100",
-           "--eval-samples", "1", "--digest-init-std", "0.02", "--gradient-checkpointing"]
+           "--eval-samples", "2", "--digest-init-std", "0.02", "--gradient-checkpointing"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -294,7 +294,7 @@ def test_fsdp_config_trains_on_two_cpu_processes_resumes_exactly_and_matches_one
     data = _data(tmp_path)
     common = ["train", "--llm", str(tiny_llm_dir), "--data-dir", str(data), "--num-digest-tokens", "4",
               "--chunk-size", "16", "--grad-accum", "2", "--max-steps", "2", "--eval-every", "100",
-              "--save-every", "1", "--eval-samples", "1", "--digest-init-std", "0.02"]
+              "--save-every", "1", "--eval-samples", "2", "--digest-init-std", "0.02"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
     def fsdp(out: Path, *extra: str) -> None:
