@@ -1,15 +1,17 @@
 """Publishing finished training runs as the embedded default's checkpoints (assets/checkpoints/).
 
-A published checkpoint is the final weights of its last stage, every stage's config and
-metrics log, and a model card computed from them and nothing else: samples seen, training
-time, machine, final losses from the logs, and held-out reconstruction BLEU measured here,
-on validation text the runs never trained on.
+A published checkpoint is the final weights of its last stage (in bfloat16: half the bytes in
+git and in every tree sent to a GPU machine; loading upcasts them to the model's dtype), every
+stage's config and metrics log, and a model card computed from them and nothing else: samples
+seen, training time, machine, final losses from the logs, and held-out reconstruction BLEU
+measured here, on the published weights and validation text the runs never trained on.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import warnings
@@ -17,7 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
+from safetensors.torch import load_file, save_file
 
 from .data import sha256_file
 from .modeling_icformer import WEIGHTS_NAME, read_checkpoint_metadata
@@ -30,6 +34,7 @@ CHAINS: dict[str, tuple[str, ...]] = {
 }
 CARD_NAME, CARD_JSON = "README.md", "card.json"
 DATA_FILES = {"pretrain": "pretrain_train.jsonl", "finetune": "instruct_train.jsonl"}
+PUBLISHED_DTYPE = torch.bfloat16
 
 
 @dataclass
@@ -66,6 +71,19 @@ def final_checkpoint(run_dir: Path) -> Path:
     return checkpoint / "model"
 
 
+def write_bf16_weights(source: Path, dest: Path) -> None:
+    """`source`'s safetensors with every floating tensor rounded to bfloat16, its metadata kept.
+
+    Written beside `dest` and renamed over it, so `dest` may be `source`, and a reader never sees
+    half a file.
+    """
+    metadata = read_checkpoint_metadata(source)
+    tensors = {name: t.to(PUBLISHED_DTYPE) if t.is_floating_point() else t for name, t in load_file(str(source)).items()}
+    partial = dest.with_name(dest.name + ".partial")
+    save_file(tensors, str(partial), metadata=metadata)
+    os.replace(partial, dest)
+
+
 def summarise_stage(run_dir: Path, data_dir: Path) -> StageSummary:
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     record = json.loads(read_checkpoint_metadata(final_checkpoint(run_dir) / WEIGHTS_NAME).get("record", "{}"))
@@ -97,15 +115,30 @@ def heldout_reconstruction(cc, method: str, data_dir: Path, samples: int, length
                 ce=mean("ce"), example=scores[0]["text"][:300])
 
 
-def _card(name: str, stages: list[StageSummary], reconstruction: dict[str, Any] | None) -> str:
+TRAINING_RECORD = "training_run.json"  # written beside the runs by scripts/gpu_train.sh run
+
+
+def _card(name: str, stages: list[StageSummary], reconstruction: dict[str, Any] | None,
+          training_run: dict[str, Any] | None) -> str:
     last = stages[-1]
     k, L = last.config["num_digest_tokens"], last.config["chunk_size"]
+    if training_run is None:
+        how = ("Trained with `scripts/train_default.sh`\non the data of `python -m icformer prepare-data`; "
+               "this card was written by `python -m icformer publish`\nfrom the logs beside it.")
+        caveat = ("This is a short CPU schedule, far below the paper's training; expect weak reconstructions and "
+                  "answers.")
+    else:
+        r = training_run
+        how = (f"Trained with `{r['command']}` (commit {r['commit']}) on {r['machine']},\n"
+               f"{r['started']}, on the data of `python -m icformer prepare-data`; this card was written by "
+               f"`python -m icformer publish`\nfrom the logs beside it.")
+        caveat = (f"Each stage ran under a wall-clock budget ({', '.join(f'{run} {b:.0f} s' for run, b in r['budgets_s'].items())});"
+                  " card.json's training_run has the throughput and how each stage ended.")
     lines = [
         f"# {name}: {'IC-Former' if last.method == 'icformer' else 'ICAE'} for SmolLM2-135M-Instruct (embedded default)",
         "",
-        f"{k} vectors per {L} context tokens ({L // k}x compression). Trained with `scripts/train_default.sh`",
-        "on the data of `python -m icformer prepare-data`; this card was written by `python -m icformer publish`",
-        "from the logs beside it. Quality in context: `assets/results/` (`python -m icformer evaluate`).",
+        f"{k} vectors per {L} context tokens ({L // k}x compression). {how}",
+        "Quality in context: `assets/results/` (`python -m icformer evaluate`).",
         "",
         "| stage | run | steps | samples seen | training time | final train loss | last valid loss | data (sha256) |",
         "|---|---|---|---|---|---|---|---|",
@@ -115,56 +148,96 @@ def _card(name: str, stages: list[StageSummary], reconstruction: dict[str, Any] 
         lines.append(f"| {s.stage} | {s.run} | {s.steps} | {s.samples_seen} | {s.train_seconds / 60:.1f} min | "
                      f"{s.final_loss:.3f} | {valid} | {s.data_file} ({(s.data_sha256 or 'unknown')[:12]}) |")
     machines = sorted({f"{s.machine or 'machine not recorded'}, torch {s.torch or '?'}" for s in stages})
-    lines += ["", f"Machine: {'; '.join(machines)}. Training time is the sum of logged step times.", ""]
+    lines += ["", f"Machine: {'; '.join(machines)}. Training time is the sum of logged step times.", "",
+              "Weights: bfloat16, rounded from the float32 weights training ended with (loading upcasts them to "
+              "the model's dtype).", ""]
     if reconstruction is None:
         lines.append("Held-out reconstruction: not measured (fine-tuned only; its [AE] vector was never trained).")
     else:
         r = reconstruction
-        lines += [f"Held-out reconstruction ({r['samples']} validation windows of {r['length']} tokens, greedy, "
-                  f"seed {r['seed']}): BLEU {r['bleu']:.4f}, token accuracy {r['token_accuracy']:.3f}, "
-                  f"cross-entropy {r['ce']:.3f} nats/token.", "", f"First reconstruction: {r['example']!r}"]
+        lines += [f"Held-out reconstruction of the published weights ({r['samples']} validation windows of "
+                  f"{r['length']} tokens, greedy, seed {r['seed']}): BLEU {r['bleu']:.4f}, token accuracy "
+                  f"{r['token_accuracy']:.3f}, cross-entropy {r['ce']:.3f} nats/token.", "",
+                  f"First reconstruction: {r['example']!r}"]
     lines += ["", "Deviations from the paper's recipe are named in each stage's config (logs/*.yaml) and in "
-              "configs/train/cpu-*.yaml. This is a short CPU schedule, far below the paper's training; "
-              "expect weak reconstructions and answers."]
+              f"configs/train/. {caveat}"]
     return "\n".join(lines) + "\n"
+
+
+def _finish(staging: Path, dest: Path, name: str, stages: list[StageSummary], training_run: dict | None,
+            data_dir: Path, samples: int, length: int, seed: int, device: str | None) -> dict:
+    """Measure the staged checkpoint, write its cards, then swap it in for `dest`."""
+    from .compressor import ContextCompressor, UntrainedWarning
+
+    method = stages[-1].method
+    reconstruction = None
+    if any(s.stage == "pretrain" for s in stages):  # only pre-training teaches the [AE] vector
+        with warnings.catch_warnings():  # the other method's seeded random stand-in; this one is trained
+            warnings.simplefilter("ignore", UntrainedWarning)
+            cc = ContextCompressor.from_pretrained(stages[-1].config.get("llm"),  # what it trained against
+                                                   staging if method == "icformer" else None,
+                                                   staging if method == "icae" else None, device=device)
+        reconstruction = heldout_reconstruction(cc, method, data_dir, samples, length, seed)
+    card = dict(name=name, weights_sha256=sha256_file(staging / WEIGHTS_NAME), weights_dtype=str(PUBLISHED_DTYPE).removeprefix("torch."),
+                stages=[asdict(s) for s in stages], training_run=training_run, heldout_reconstruction=reconstruction)
+    (staging / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
+    (staging / CARD_NAME).write_text(_card(name, stages, reconstruction, training_run))
+    shutil.rmtree(dest, ignore_errors=True)
+    staging.rename(dest)
+    return card
+
+
+def _staging(dest: Path) -> Path:
+    staging = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    return staging
 
 
 def publish(runs_dir: Path, assets_dir: Path, data_dir: Path, names: list[str] | None = None, *,
             samples: int = 8, length: int = 128, seed: int = 0, device: str | None = None) -> dict[str, dict]:
-    """Copy each finished chain's final weights, logs and a fresh model card into assets_dir/checkpoints/."""
-    from .compressor import ContextCompressor, UntrainedWarning
+    """Copy each finished chain's final weights (bf16), logs and a fresh model card into assets_dir/checkpoints/.
 
+    A `training_run.json` beside the runs (scripts/gpu_train.sh writes one) goes into the cards.
+    """
     names = names or list(CHAINS)
     unknown = sorted(set(names) - set(CHAINS))
     if unknown:
         raise ValueError(f"unknown checkpoint names {unknown}; choose from {sorted(CHAINS)}")
     chains = {n: [summarise_stage(runs_dir / run, data_dir) for run in CHAINS[n]] for n in names}  # all checked first
+    record = runs_dir / TRAINING_RECORD
+    training_run = json.loads(record.read_text()) if record.is_file() else None
     cards = {}
     for name, stages in chains.items():
         dest = assets_dir / "checkpoints" / name
-        staging = dest.with_name(dest.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(final_checkpoint(runs_dir / CHAINS[name][-1]), staging)
+        staging, final = _staging(dest), final_checkpoint(runs_dir / CHAINS[name][-1])
+        shutil.copytree(final, staging, ignore=shutil.ignore_patterns(WEIGHTS_NAME))
+        write_bf16_weights(final / WEIGHTS_NAME, staging / WEIGHTS_NAME)
+        (staging / "logs").mkdir(exist_ok=True)
         for stage in stages:
-            (staging / "logs").mkdir(exist_ok=True)
             shutil.copy(runs_dir / stage.run / "metrics.jsonl", staging / "logs" / f"{stage.run}.metrics.jsonl")
             shutil.copy(runs_dir / stage.run / "config.yaml", staging / "logs" / f"{stage.run}.yaml")
-        method = stages[-1].method
-        reconstruction = None
-        if name != "icformer-no-pretrain":
-            with warnings.catch_warnings():  # the other method's seeded random stand-in; this one is trained
-                warnings.simplefilter("ignore", UntrainedWarning)
-                cc = ContextCompressor.from_pretrained(stages[-1].config.get("llm"),  # what it trained against
-                                                       staging if method == "icformer" else None,
-                                                       staging if method == "icae" else None, device=device)
-            reconstruction = heldout_reconstruction(cc, method, data_dir, samples, length, seed)
-        card = dict(name=name, weights_sha256=sha256_file(staging / WEIGHTS_NAME), stages=[asdict(s) for s in stages],
-                    heldout_reconstruction=reconstruction)
-        (staging / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
-        (staging / CARD_NAME).write_text(_card(name, stages, reconstruction))
-        shutil.rmtree(dest, ignore_errors=True)
-        staging.rename(dest)
-        cards[name] = card
+        cards[name] = _finish(staging, dest, name, stages, training_run, data_dir, samples, length, seed, device)
+    return cards
+
+
+def republish(assets_dir: Path, data_dir: Path, names: list[str] | None = None, *, samples: int = 8,
+              length: int = 128, seed: int = 0, device: str | None = None) -> dict[str, dict]:
+    """Rewrite checkpoints already in assets_dir from their own card.json, without their runs:
+    bf16 weights, the reconstruction measured again on them, a card in the current format."""
+    names = names or list(CHAINS)
+    found = {n: read_card(assets_dir / "checkpoints" / n) for n in names}
+    missing = sorted(n for n, card in found.items() if card is None)
+    if missing:
+        raise ValueError(f"no published checkpoint with a {CARD_JSON} for {missing} under {assets_dir / 'checkpoints'}")
+    cards = {}
+    for name, card in found.items():
+        dest = assets_dir / "checkpoints" / name
+        staging = _staging(dest)
+        shutil.copytree(dest, staging)
+        write_bf16_weights(staging / WEIGHTS_NAME, staging / WEIGHTS_NAME)
+        stages = [StageSummary(**s) for s in card["stages"]]
+        cards[name] = _finish(staging, dest, name, stages, card.get("training_run"), data_dir, samples, length,
+                              seed, device)
     return cards
 
 
@@ -194,10 +267,16 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument("--only", nargs="+", default=None, choices=sorted(CHAINS))
     parser.add_argument("--samples", type=int, default=8, help="held-out windows for the reconstruction BLEU")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--republish", action="store_true",
+                        help="rewrite the checkpoints already in <assets> from their own cards (bf16 weights, "
+                             "fresh card), without their runs")
 
 
 def run(args: argparse.Namespace) -> int:
-    cards = publish(args.runs, args.assets, args.data_dir, args.only, samples=args.samples, device=args.device)
+    if args.republish:
+        cards = republish(args.assets, args.data_dir, args.only, samples=args.samples, device=args.device)
+    else:
+        cards = publish(args.runs, args.assets, args.data_dir, args.only, samples=args.samples, device=args.device)
     for name, card in cards.items():
         bleu = (card["heldout_reconstruction"] or {}).get("bleu")
         print(f"{name}: {args.assets / 'checkpoints' / name}  held-out BLEU {'n/a' if bleu is None else f'{bleu:.4f}'}")

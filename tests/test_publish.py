@@ -5,10 +5,11 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from icformer import ICFormerModel
-from icformer.publish import card_summary, publish, read_card
+from icformer.modeling_icformer import read_checkpoint_metadata
+from icformer.publish import card_summary, publish, read_card, republish
 from icformer.train import train
 
 from .conftest import tiny_train_config
@@ -32,13 +33,18 @@ def test_publish_copies_the_final_weights_logs_and_a_card_computed_from_them(tmp
     dest = tmp_path / "assets" / "checkpoints" / "icformer"
     final = runs / "icformer-finetune" / "checkpoint-2" / "model" / "model.safetensors"
     published, expected = load_file(str(dest / "model.safetensors")), load_file(str(final))
-    assert published.keys() == expected.keys() and all(torch.equal(published[k], expected[k]) for k in expected)
-    assert ICFormerModel.from_pretrained(dest).trained is True
+    assert published.keys() == expected.keys()
+    assert all(published[k].dtype == torch.bfloat16 and torch.equal(published[k], expected[k].bfloat16()) for k in expected)
+    loaded = ICFormerModel.from_pretrained(dest)  # a float32 model: the bf16 weights are upcast on load
+    assert loaded.trained is True
+    state = loaded.state_dict()
+    assert all(state[k].dtype == torch.float32 and torch.equal(state[k], published[k].float()) for k in published)
     assert sorted(p.name for p in (dest / "logs").iterdir()) == [
         "icformer-finetune.metrics.jsonl", "icformer-finetune.yaml", "icformer-pretrain.metrics.jsonl",
         "icformer-pretrain.yaml"]
 
     card = json.loads((dest / "card.json").read_text())
+    assert card["weights_dtype"] == "bfloat16" and card["training_run"] is None
     assert card["weights_sha256"] == hashlib.sha256((dest / "model.safetensors").read_bytes()).hexdigest()
     assert card == json.loads(json.dumps(cards["icformer"]))
     log = [json.loads(x) for x in (runs / "icformer-finetune" / "metrics.jsonl").read_text().splitlines()]
@@ -50,7 +56,42 @@ def test_publish_copies_the_final_weights_logs_and_a_card_computed_from_them(tmp
     assert rec["samples"] == 2 and 0.0 <= rec["bleu"] <= 1.0 and rec["ce"] > 0
     readme = (dest / "README.md").read_text()
     assert f"| finetune | icformer-finetune | 2 | {log[-1]['samples_seen']} |" in readme
-    assert f"BLEU {rec['bleu']:.4f}" in readme
+    assert f"BLEU {rec['bleu']:.4f}" in readme and "Weights: bfloat16" in readme
+
+
+def test_publish_puts_a_gpu_runs_record_in_the_card(tmp_path, train_data, tiny_target, tiny_llm_dir):
+    runs = _chain(tmp_path, train_data, tiny_target, tiny_llm_dir)
+    record = dict(command="scripts/gpu_train.sh run OUT", commit="abc1234", machine="NVIDIA H200",
+                  started="2026-12-01T10:00:00Z", budgets_s={"icformer-pretrain": 200, "icformer-finetune": 90})
+    (runs / "training_run.json").write_text(json.dumps(record))
+    card = publish(runs, tmp_path / "assets", train_data, ["icformer"], samples=1, length=8)["icformer"]
+    assert card["training_run"] == record
+    readme = (tmp_path / "assets" / "checkpoints" / "icformer" / "README.md").read_text()
+    assert "Trained with `scripts/gpu_train.sh run OUT` (commit abc1234) on NVIDIA H200" in readme
+    assert "icformer-pretrain 200 s, icformer-finetune 90 s" in readme
+
+
+def test_republish_rewrites_float32_checkpoints_in_bf16_from_their_own_cards(tmp_path, train_data, tiny_target,
+                                                                            tiny_llm_dir):
+    runs = _chain(tmp_path, train_data, tiny_target, tiny_llm_dir)
+    assets = tmp_path / "assets"
+    publish(runs, assets, train_data, ["icformer"], samples=1, length=8)
+    dest = assets / "checkpoints" / "icformer"
+    final = load_file(str(runs / "icformer-finetune" / "checkpoint-2" / "model" / "model.safetensors"))
+    metadata = read_checkpoint_metadata(dest / "model.safetensors")
+    save_file(final, str(dest / "model.safetensors"), metadata=metadata)  # as committed before bf16 publishing
+    before = json.loads((dest / "card.json").read_text())
+    (dest / "card.json").write_text(json.dumps({k: v for k, v in before.items() if k != "weights_dtype"}))
+    card = republish(assets, train_data, ["icformer"], samples=1, length=8)["icformer"]
+    weights = load_file(str(dest / "model.safetensors"))
+    assert all(torch.equal(weights[k], final[k].bfloat16()) for k in final)
+    assert read_checkpoint_metadata(dest / "model.safetensors") == metadata
+    assert card["weights_dtype"] == "bfloat16" and card["stages"] == before["stages"]
+    assert card["weights_sha256"] == hashlib.sha256((dest / "model.safetensors").read_bytes()).hexdigest()
+    assert len(list((dest / "logs").iterdir())) == 4  # the logs stay
+    assert ICFormerModel.from_pretrained(dest).trained is True
+    with pytest.raises(ValueError, match=r"no published checkpoint with a card.json for \['icae'\]"):
+        republish(assets, train_data, ["icae"])
 
 
 def test_the_app_shows_a_published_checkpoints_card(tmp_path, train_data, tiny_target, tiny_llm_dir):
