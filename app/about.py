@@ -48,7 +48,7 @@ DIAGRAM_SVG = """
   <text x="635" y="152" class="s" text-anchor="middle">[digests][task] + question</text>
   <text x="635" y="170" class="s" text-anchor="middle">→ answer, or the context back</text>
   <text x="635" y="186" class="s" text-anchor="middle">(soft prompt via inputs_embeds)</text>
-  <text x="350" y="222" class="s">ICAE instead runs the whole LLM (+LoRA) over n+k tokens: O((n+k)²)</text>
+  <text x="350" y="222" class="s">ICAE instead runs the whole LLM (+LoRA) over every chunk and its k slots</text>
 </svg>
 """
 
@@ -59,9 +59,11 @@ A long context is replaced by a few **digest vectors** that a frozen LLM reads a
 IC-Former never runs the LLM to compress: a few cross-attention layers read the LLM's own
 (frozen) **word embeddings** of the context, with k learnable digest tokens as queries. Each digest
 sees the whole context and the digests before it. Contexts longer than the chunk limit L are split
-into equal chunks, each compressed into k vectors, and the results are concatenated. Compression
-therefore costs O(k·n) instead of ICAE's O((n+k)²) full-LLM pass — the paper reports 68–112×
-faster compression on an RTX A6000 at about 1/32 of ICAE's FLOPs.
+into equal chunks, each compressed into k vectors, and the results are concatenated. With chunks,
+both methods grow linearly with the context; what differs is the work per chunk: IC-Former runs 3
+small cross-attention layers over the chunk's word embeddings, ICAE the whole LLM (with LoRA) over
+the chunk and its k memory slots. The paper reports 68–112× faster compression on an RTX A6000 at
+about 1/32 of ICAE's FLOPs; the Speed tab measures both here.
 
 Training keeps the LLM frozen: pre-training teaches the digests to reconstruct the context
 (the *Reconstruct* tab), fine-tuning teaches them to answer prompts about it (the *Ask* column).

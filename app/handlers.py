@@ -12,25 +12,27 @@ import functools
 import hashlib
 import inspect
 import logging
-import queue
 import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import gradio as gr
 import pandas as pd
-from transformers.generation import BaseStreamer
+
+from icformer.compressor import RECONSTRUCTION_MARGIN
+from icformer.text import check_length, clean_text
 
 from . import charts, speed
 from .about import PROFILE_CHOICE_HTML
 from .examples import Example
 from .presentation import (
-    banner, bench_runs_html, device_label, esc, fmt_count, fmt_flops, fmt_ratio, fmt_seconds, label, memory_label,
-    profiles_table, speedup_html, table_html, timing_card, tokens_to_vectors, word_diff,
+    answer_comparison, banner, bench_runs_html, decoding_note, device_label, esc, fmt_count, fmt_flops, fmt_ratio,
+    fmt_seconds, label, memory_label, positions_label, profiles_table, reconstruction_stats, run_name, speed_table,
+    speedup_html, table_html, timing_card, tokens_to_vectors, word_diff,
 )
 from .results import (
     QA_METRICS, filter_samples, load_bench_meta, load_bench_results, load_results, order_methods, sample_score,
@@ -41,9 +43,13 @@ log = logging.getLogger(__name__)
 
 COMPRESSORS = ("icformer", "icae")  # methods that actually compress (the "full" context is the reference)
 ANSWER_METHODS = ("icformer", "icae", "full")  # the three Ask columns, in order
-CHARS_PER_TOKEN_BOUND = 20  # same bound the library uses to refuse a huge paste before tokenising
 DOWNLOAD_TTL_S = 3600
 REFERENCE_LENGTHS = [128, 256, 512, 1024, 2048, 4096]
+QUESTION_MAX_TOKENS = 200
+RECONSTRUCT_MAX_TOKENS = 1024  # one request's decode budget: about 35 s of an idle 2-core CPU
+STREAM_INTERVAL_S = 0.1  # at most ~10 page updates a second while decoding
+EMPTY_HINTS = {"context": "Paste some text or pick an example.",
+               "question": "Type a question, or pick one of the suggested questions."}
 
 
 class UserInputError(ValueError):
@@ -103,55 +109,34 @@ def _context_key(text: str, llm_hash: str) -> str:
     return hashlib.sha256((llm_hash + "\0" + text).encode("utf-8", "replace")).hexdigest()
 
 
-def check_text(text: Any, what: str, max_chars: int | None = None) -> str:
-    """Cheap checks before any model work: a string, not empty, not huge, not binary junk."""
+def check_text(text: Any, what: str, max_tokens: int | None = None) -> str:
+    """Cheap checks before any model work, worded by the library (`icformer.text`): a string, not
+    empty, not binary junk, not over the character budget of ``max_tokens``. Returns the cleaned text."""
     if text is None:
         text = ""
-    if isinstance(text, (bytes, bytearray)):
-        text = bytes(text).decode("utf-8", errors="replace")
-    if not isinstance(text, str):
+    if not isinstance(text, (str, bytes, bytearray)):
         raise UserInputError(f"The {what} must be text.")
-    if not text.strip():
-        raise UserInputError(f"The {what} is empty. Paste some text or pick an example.")
-    if max_chars is not None and len(text) > max_chars:
-        raise UserInputError(
-            f"The {what} is too long: {len(text):,} characters; this demo accepts up to {max_chars:,}. "
-            "Shorten it, or use the library directly for longer inputs."
-        )
-    sample = text[:20000]
-    junk = sum(1 for ch in sample if ch == "\ufffd" or (ord(ch) < 32 and ch not in "\t\n\r") or 0x7F <= ord(ch) < 0xA0)
-    if junk > max(8, 0.1 * len(sample)):
-        raise UserInputError(
-            f"The {what} looks like binary data ({junk} of its first {len(sample):,} characters are control or "
-            "undecodable bytes). Paste plain text."
-        )
+    text = clean_text(text, what, EMPTY_HINTS.get(what, ""))
+    if max_tokens is not None:
+        check_length(len(text), max_tokens, unit="characters", what=what)
     return text
 
 
-# ---------------------------------------------------------------------- streaming helper
+def reconstruction_limit(num_tokens: int, requested: float | None) -> int:
+    """New tokens for one reconstruction: as asked (0 or None: the context's length plus a margin),
+    never more than that, nor than `RECONSTRUCT_MAX_TOKENS`."""
+    enough = num_tokens + RECONSTRUCTION_MARGIN
+    return max(1, min(int(requested or 0) or enough, enough, RECONSTRUCT_MAX_TOKENS))
 
 
-class QueueStreamer(BaseStreamer):
-    """A transformers streamer that posts the decoded answer-so-far onto a queue."""
+class ReconstructView(NamedTuple):
+    """The Reconstruct tab's outputs, in ``ui.py``'s order."""
 
-    def __init__(self, tokenizer, events: queue.Queue, method: str) -> None:
-        self.tokenizer, self.events, self.method = tokenizer, events, method
-        self.ids: list[int] = []
-        self._prompt_seen = False
-        self._last = 0.0
-
-    def put(self, value) -> None:
-        if not self._prompt_seen:  # generate() first reports the prompt ids (none: we pass embeddings)
-            self._prompt_seen = True
-            return
-        self.ids.extend(int(i) for i in value.reshape(-1).tolist())
-        now = time.perf_counter()
-        if now - self._last > 0.08:  # at most ~12 UI updates a second
-            self._last = now
-            self.events.put(("partial", self.method, self.tokenizer.decode(self.ids, skip_special_tokens=True)))
-
-    def end(self) -> None:
-        self.events.put(("partial", self.method, self.tokenizer.decode(self.ids, skip_special_tokens=True)))
+    diff: Any
+    stats: str
+    text: str
+    summary: Any
+    state: Any
 
 
 # ---------------------------------------------------------------------- handlers
@@ -171,7 +156,7 @@ class Handlers:
         self.examples = {e.title: e for e in examples}
         self.results_dir = Path(results_dir)
         self.max_context_tokens = max_context_tokens
-        self.max_chars = max_context_tokens * CHARS_PER_TOKEN_BOUND
+        self._stops: dict[str, threading.Event] = {}  # session -> its running decode's Stop flag
         self.download_dir = Path(download_dir or Path(tempfile.gettempdir()) / "icformer-app-downloads")
 
     # ------------------------------------------------------------------ shared pieces
@@ -183,13 +168,28 @@ class Handlers:
         return wait
 
     def _tokenize(self, cc, text: str) -> list[int]:
-        ids = cc.tokenize(text)  # the library cleans the text and raises ValueError with a clear message
-        if len(ids) > self.max_context_tokens:
-            raise UserInputError(
-                f"The context is too long: {len(ids):,} tokens; this demo accepts up to {self.max_context_tokens:,} "
-                "tokens. Shorten it, or use the library directly."
-            )
-        return ids
+        return cc.tokenize(text, max_tokens=self.max_context_tokens)  # the library words the error
+
+    # ------------------------------------------------------------------ stop
+
+    def _stop_flag(self, request: gr.Request | None) -> threading.Event:
+        """A fresh Stop flag for this session's decode (one decode at a time: the page locks its buttons)."""
+        flag = threading.Event()
+        key = getattr(request, "session_hash", None)
+        if key:
+            self._stops[key] = flag
+        return flag
+
+    def _drop_stop(self, request: gr.Request | None, flag: threading.Event) -> None:
+        key = getattr(request, "session_hash", None)
+        if key and self._stops.get(key) is flag:
+            del self._stops[key]
+
+    def stop(self, request: gr.Request) -> None:
+        """The Stop button: this session's running decode ends after its current token, keeping what it has."""
+        flag = self._stops.get(getattr(request, "session_hash", None) or "")
+        if flag is not None:
+            flag.set()
 
     def _ensure_contexts(self, cc, text: str, state: SessionContexts | None, methods, progress=None) -> SessionContexts:
         """Compress ``text`` with each of ``methods`` unless this session already did (same model, same text)."""
@@ -347,7 +347,7 @@ class Handlers:
 
     @friendly_errors
     def compress(self, text: str, state: SessionContexts | None, progress=gr.Progress()):
-        text = check_text(text, "context", self.max_chars)
+        text = check_text(text, "context", self.max_context_tokens)
         progress(0.0, desc="Waiting for the model…")
         with self.service.session(self._waiter(progress)) as cc:
             fresh = state is None or state.key != _context_key(text, cc.target.fingerprint)
@@ -370,7 +370,8 @@ class Handlers:
                 device=meta.get("device"), trained=z.trained,
             )
             rows.append([
-                label(m), f"{z.num_tokens} → {z.num_vectors} ({z.compression_ratio:.1f}×)", fmt_seconds(secs),
+                label(m), f"{z.num_tokens:,} → {z.num_vectors:,} ({positions_label(z.num_tokens, z.num_vectors)})",
+                fmt_seconds(secs),
                 fmt_flops(flops.get(m)), memory_label(meta.get("memory_bytes"), meta.get("memory_kind")),
                 device_label(meta.get("device")), "yes" if z.trained else "no (noise)",
             ])
@@ -380,7 +381,7 @@ class Handlers:
             if icf.get("flops") and icae.get("flops"):
                 summary["flops_ratio"] = icae["flops"] / icf["flops"]
         z0 = state.contexts[methods[0]]
-        headline = tokens_to_vectors(z0.num_tokens, z0.num_vectors, methods[0])
+        headline = tokens_to_vectors(z0.num_tokens, z0.num_vectors, methods[0], z0.metadata.get("k"))
         headline += speedup_html(icf.get("compress_s"), icae.get("compress_s"), z0.metadata.get("device", ""))
         if "flops_ratio" in summary:
             headline += f'<div class="icf-muted">FLOPs: IC-Former needs {fmt_ratio(summary["flops_ratio"])} fewer.</div>'
@@ -409,72 +410,50 @@ class Handlers:
 
     @friendly_errors
     def ask(self, text: str, question: str, max_new_tokens: float, state: SessionContexts | None,
-            progress=gr.Progress()):
-        text = check_text(text, "context", self.max_chars)
-        question = check_text(question, "question", 4000)
+            request: gr.Request = None, progress=gr.Progress()):
+        """Three answers, streamed one after another; each token is one turn on the shared model."""
+        text = check_text(text, "context", self.max_context_tokens)
+        question = check_text(question, "question", QUESTION_MAX_TOKENS)
         max_new = int(max(1, min(int(max_new_tokens or 64), 512)))
-        events: queue.Queue = queue.Queue()
-
-        def work() -> None:
-            try:
-                with self.service.session(lambda s: events.put(("loading", s))) as cc:
-                    nonlocal_state = self._ensure_contexts(cc, text, state, COMPRESSORS)
-                    events.put(("state", list(cc.methods()), nonlocal_state))
-                    # The full context's own embeddings: a lookup, so made per question, not kept in the session.
-                    sources = dict(nonlocal_state.contexts, full=cc.compress(text, method="full"))
-                    for m in ANSWER_METHODS:
-                        if m not in sources:
-                            continue
-                        events.put(("start", m, None))
-                        streamer = QueueStreamer(cc.tokenizer, events, m)
-                        ans = cc.answer(sources[m], question, max_new_tokens=max_new, streamer=streamer)
-                        events.put(("done", m, ans))
-            except Exception as err:  # handed to the generator, which raises it in the request
-                events.put(("error", err, None))
-            events.put(("end", None, None))
-
-        worker = threading.Thread(target=work, name="icformer-ask", daemon=True)
-        worker.start()
+        stop = self._stop_flag(request)
         texts: dict[str, str] = {}
         cards: dict[str, str] = {}
         answers: dict[str, Any] = {}
-        loaded: list[str] = list(ANSWER_METHODS)
-        new_state = state
-        progress(0.0, desc="Waiting for the model…")
-        while True:
-            try:
-                kind, a, b = events.get(timeout=1.0)
-            except queue.Empty:
-                if not worker.is_alive():
-                    raise RuntimeError("the answering thread stopped unexpectedly")
-                continue
-            if kind == "loading":
-                progress(0.02, desc=f"Loading the model (first use, {a:.0f} s)…")
-            elif kind == "state":
-                loaded, new_state = a, b
-            elif kind == "start":
-                todo = [m for m in ANSWER_METHODS if m in loaded]
-                progress((todo.index(a)) / len(todo), desc=f"Answering from {label(a)}…")
-                cards[a] = '<div class="icf-muted">generating…</div>'
-            elif kind == "partial":
-                texts[a] = b
+        try:
+            progress(0.0, desc="Waiting for the model…")
+            with self.service.session(self._waiter(progress)) as cc:
+                state = self._ensure_contexts(cc, text, state, COMPRESSORS)
+                loaded = list(cc.methods())
+                # The full context's own embeddings: a lookup, so made per question, not kept in the session.
+                sources = dict(state.contexts, full=cc.compress(text, method="full"))
+            todo = [m for m in ANSWER_METHODS if m in sources]
+            for i, m in enumerate(todo):
+                if stop.is_set():
+                    break
+                progress(i / len(todo), desc=f"Answering from {label(m)}…")
+                cards[m] = '<div class="icf-muted">generating…</div>'
+                shown, ans = 0.0, None
+                start = lambda cc, z=sources[m]: cc.stream_answer(z, question, max_new_tokens=max_new)  # noqa: E731
+                for ans in self.service.turns(start):
+                    if stop.is_set():
+                        break
+                    if time.perf_counter() - shown > STREAM_INTERVAL_S:
+                        shown, texts[m] = time.perf_counter(), ans.text
+                        yield self._answer_outputs(loaded, texts, cards, gr.skip(), gr.skip(), gr.skip())
+                answers[m] = ans
+                texts[m] = ans.text or "(empty answer)"
+                cards[m] = timing_card(m, ans.timings, ans.device, self._answer_note(m, ans, state))
                 yield self._answer_outputs(loaded, texts, cards, gr.skip(), gr.skip(), gr.skip())
-            elif kind == "done":
-                answers[a] = b
-                texts[a] = b.text or "(empty answer)"
-                cards[a] = timing_card(a, b.timings, b.device, self._answer_note(a, b, new_state))
-                yield self._answer_outputs(loaded, texts, cards, gr.skip(), gr.skip(), gr.skip())
-            elif kind == "error":
-                raise a
-            elif kind == "end":
-                break
+        finally:
+            self._drop_stop(request, stop)
         summary = {
-            m: dict(text=ans.text, timings=ans.timings, device=ans.device, trained=ans.trained,
+            m: dict(text=ans.text, timings=ans.timings, device=ans.device, trained=ans.trained, stopped=not ans.done,
                     prompt_positions=ans.prompt_positions, peak_memory_bytes=ans.peak_memory_bytes,
-                    num_tokens=new_state.num_tokens if new_state else None)
+                    num_tokens=state.num_tokens)
             for m, ans in answers.items()
         }
-        yield self._answer_outputs(loaded, texts, cards, self._ask_headline(answers, question, text), summary, new_state)
+        yield self._answer_outputs(loaded, texts, cards, self._ask_headline(answers, question, text, stop.is_set()),
+                                   summary, state)
 
     def _answer_note(self, method: str, ans, state: SessionContexts | None) -> str:
         note = f"<div class='icf-muted'>LLM read {ans.prompt_positions} positions"
@@ -482,69 +461,67 @@ class Handlers:
             z = state.contexts[method]
             note += f" ({z.num_vectors} vectors instead of {z.num_tokens} tokens)"
         note += "</div>"
+        if not ans.done:
+            note += "<div class='icf-badge-warn'>stopped before the end</div>"
         if not ans.trained:
             note += "<div class='icf-badge-warn'>untrained: noise</div>"
         return note
 
-    def _ask_headline(self, answers: dict, question: str, text: str) -> str:
-        html = ""
+    def _ask_headline(self, answers: dict, question: str, text: str, stopped: bool = False) -> str:
         full = answers.get("full")
+        html = banner("info", "Stopped: the answers so far are shown.") if stopped else ""
         for m in COMPRESSORS:
             ans = answers.get(m)
-            if ans and full and ans.timings.get("total_s"):
-                ratio = full.timings["total_s"] / ans.timings["total_s"]
-                if ratio >= 1.05:
-                    verdict = f"<b>{fmt_ratio(ratio)} faster</b> end to end"
-                elif ratio > 1 / 1.05:
-                    verdict = "<b>about as fast</b>"
-                else:
-                    verdict = f"<b>{fmt_ratio(1 / ratio)} slower</b>"
-                html += (
-                    f"<div class='icf-muted'>{label(m)}: compress + prefill + decode took "
-                    f"{fmt_seconds(ans.timings['total_s'])} vs {fmt_seconds(full.timings['total_s'])} with the full "
-                    f"context — {verdict} (answers of different lengths are not directly comparable).</div>"
-                )
+            if ans and full:
+                html += answer_comparison(m, ans.timings, full.timings)
         return html + self.reference_for(question, text)
 
     # ------------------------------------------------------------------ reconstruct
 
     @friendly_errors
     def reconstruct(self, text: str, method: str, max_new_tokens: float, state: SessionContexts | None,
-                    progress=gr.Progress()):
-        text = check_text(text, "context", self.max_chars)
-        method = method if method in COMPRESSORS else "icformer"
-        progress(0.0, desc="Waiting for the model…")
-        with self.service.session(self._waiter(progress)) as cc:
-            if method not in cc.methods():
-                raise UserInputError(f"{label(method)} is not loaded; choose {label('icformer')}.")
-            state = self._ensure_contexts(cc, text, state, (method,), progress)
-            z = state.contexts[method]
-            limit = int(max_new_tokens or 0) or z.num_tokens + 16
-            progress(0.5, desc=f"Decoding {z.num_vectors} {label(method)} vectors back to text…")
-            result = cc.reconstruct(z, max_new_tokens=min(limit, z.num_tokens + 16))
+                    request: gr.Request = None, progress=gr.Progress()):
+        """Decode the session's vectors back to text, streamed; Stop keeps what was decoded.
+
+        Each token is one turn on the shared model, so other visitors' requests run in between."""
         from icformer.metrics import sentence_bleu
 
+        text = check_text(text, "context", self.max_context_tokens)
+        method = method if method in COMPRESSORS else "icformer"
+        stop = self._stop_flag(request)
+        began = time.perf_counter()
+        try:
+            progress(0.0, desc="Waiting for the model…")
+            with self.service.session(self._waiter(progress)) as cc:
+                if method not in cc.methods():
+                    raise UserInputError(f"{label(method)} is not loaded; choose {label('icformer')}.")
+                state = self._ensure_contexts(cc, text, state, (method,), progress)
+                z = state.contexts[method]
+            limit = reconstruction_limit(z.num_tokens, max_new_tokens)
+            shown, result = 0.0, None
+            start = lambda cc: cc.stream_reconstruct(z, max_new_tokens=limit)  # noqa: E731
+            for result in self.service.turns(start):
+                if stop.is_set():
+                    break
+                if time.perf_counter() - shown > STREAM_INTERVAL_S:
+                    shown, done = time.perf_counter(), len(result.token_ids)
+                    progress(done / limit, desc=f"Decoding {label(method)} vectors: {done:,} of up to {limit:,} tokens")
+                    yield ReconstructView([(result.text, None)] if result.text else [],
+                                          decoding_note(done, limit, result.timings, time.perf_counter() - began),
+                                          result.text, gr.skip(), gr.skip())
+        finally:
+            self._drop_stop(request, stop)
         original = " ".join(text.split())
         bleu = sentence_bleu(result.text, original) if result.text.strip() else 0.0
         spans, counts = word_diff(original, result.text)
-        capped = limit < z.num_tokens + 16
-        stats = (
-            f'<div class="icf-stats"><div><span class="icf-big">{bleu:.3f}</span> BLEU-4</div>'
-            f'<div><span class="icf-big">{counts["same"]}</span> words kept</div>'
-            f'<div><span class="icf-big">{counts["missing"]}</span> missing</div>'
-            f'<div><span class="icf-big">{counts["added"]}</span> added</div></div>'
-            f"<div class='icf-muted'>{z.num_tokens} tokens → {z.num_vectors} vectors → {len(result.token_ids)} tokens "
-            f"decoded in {fmt_seconds(result.timings.get('prefill_s', 0) + result.timings.get('decode_s', 0))} "
-            f"on {esc(device_label(result.device))}."
-            + (f" Decoding was capped at {limit} new tokens, so the tail counts as missing." if capped else "")
-            + "</div>"
-        )
-        if not result.trained:
-            stats += banner("warn", "Untrained compressor: expect noise; BLEU near 0 is the correct result here.")
+        wall = time.perf_counter() - began
+        stats = reconstruction_stats(bleu, counts, z.num_tokens, z.num_vectors, result, limit,
+                                     capped=limit < z.num_tokens + RECONSTRUCTION_MARGIN, wall_s=wall)
         summary = dict(method=method, bleu=bleu, text=result.text, num_tokens=z.num_tokens,
                        num_vectors=z.num_vectors, timings=result.timings, device=result.device,
-                       trained=result.trained, diff_counts=counts)
-        return spans, stats, result.text, summary, state
+                       trained=result.trained, diff_counts=counts, max_new_tokens=limit, stopped=not result.done,
+                       wall_s=wall)
+        yield ReconstructView(spans, stats, result.text, summary, state)
 
     # ------------------------------------------------------------------ attention
 
@@ -553,7 +530,7 @@ class Handlers:
         """IC-Former's digest attention over the context's first chunk: heatmap, band numbers, JSON."""
         from icformer.attention import context_attention
 
-        text = check_text(text, "context", self.max_chars)
+        text = check_text(text, "context", self.max_context_tokens)
         progress(0.0, desc="Waiting for the model…")
         with self.service.session(self._waiter(progress)) as cc:
             report = context_attention(cc, text)
@@ -575,16 +552,17 @@ class Handlers:
     # ------------------------------------------------------------------ speed
 
     def _committed_note(self) -> tuple[pd.DataFrame | None, str]:
+        """Committed benchmark rows, each run named by machine, model and date (not by its file)."""
         bench_dir = self.results_dir / "bench"
         committed, problems = load_bench_results(bench_dir)
         if committed is None:
             note = f"No committed benchmark results in `{bench_dir}` yet (`python -m icformer bench --out {bench_dir}`)."
         else:
             metas = load_bench_meta(bench_dir)
+            names = {m["source"]: run_name(m) for m in metas}
+            committed = committed.assign(source=committed["source"].map(lambda stem: names.get(stem, stem)))
             where = "; ".join(
-                f"{m.get('device_name', m.get('device', '?'))} ({m.get('device', '?')}, {m.get('dtype', '?')}"
-                + (f", {m['threads']} threads" if m.get("threads") else "") + ")"
-                + (f", {m['date'][:10]}" if m.get("date") else "")
+                f"{run_name(m)} ({m.get('dtype', '?')}" + (f", {m['threads']} threads" if m.get("threads") else "") + ")"
                 for m in metas
             )
             if not where:
@@ -600,58 +578,52 @@ class Handlers:
         available, why = speed.bench_available(self.service.get() if self.service.info else None)
         if not available:
             note += f"  \n**Live benchmark unavailable:** {why}"
-        flops = speed.flops_curve(self.service.get(), REFERENCE_LENGTHS) if self.service.info else None
+        flops = speed.flops_curve(self.service.get(), self._flops_lengths()) if self.service.info else None
         runs = speed.committed_runs(self.results_dir / "bench")
         return (charts.speed_figure(None, committed, log=log_scale), charts.flops_figure(flops, log=log_scale), note,
                 bench_runs_html(runs, speed.paper_speed_rows()))
 
+    def _flops_lengths(self, live=None) -> list[int]:
+        """The FLOPs chart's lengths: the reference ones up to this app's limit, plus any live ones."""
+        lengths = {n for n in REFERENCE_LENGTHS if n <= self.max_context_tokens}
+        if live is not None and "length" in live:
+            lengths |= {int(x) for x in live["length"]}
+        return sorted(lengths)
+
     @friendly_errors
     def bench(self, lengths: list, log_scale: bool, progress=gr.Progress()):
+        """The library's quick benchmark, one length per turn on the shared model."""
         try:
             lengths = sorted({int(x) for x in (lengths or [])})
         except (TypeError, ValueError):
-            raise UserInputError("Context lengths must be whole numbers of tokens.") from None
+            raise UserInputError("Context lengths must be whole numbers of tokens, e.g. \"128\".") from None
         if not lengths:
             raise UserInputError("Choose at least one context length.")
         if min(lengths) < 1 or max(lengths) > self.max_context_tokens:
-            raise UserInputError(f"Context lengths must be between 1 and {self.max_context_tokens} tokens.")
+            raise UserInputError(f"Context lengths must be between 1 and {self.max_context_tokens:,} tokens.")
         available, why = speed.bench_available()
         if not available:
             raise UserInputError(why)
         progress(0.0, desc="Waiting for the model…")
-        with self.service.session(self._waiter(progress)) as cc:
-            available, why = speed.bench_available(cc)
-            if not available:
-                raise UserInputError(why)
-            live = speed.run_quick_benchmark(cc, lengths, progress)
+        frames = []
+        for i, n in enumerate(lengths):
+            with self.service.session(self._waiter(progress)) as cc:
+                available, why = speed.bench_available(cc)
+                if not available:
+                    raise UserInputError(why)
+                progress(i / len(lengths), desc=f"Benchmarking {n:,} tokens…")
+                frames.append(speed.run_quick_benchmark(cc, [n]))
+        live = pd.concat(frames, ignore_index=True)
         committed, note = self._committed_note()
-        flops = speed.flops_curve(cc, lengths)
-        table = pd.DataFrame({
-            "method": live["method"].map(label),
-            "tokens": live["length"].astype(int),
-            "compress": live["compress_s"].map(lambda v: fmt_seconds(v) if v else "–"),
-        })
-        if "speedup_vs_icae" in live:
-            table["IC-Former speed-up"] = live["speedup_vs_icae"].map(lambda v: fmt_ratio(v) if pd.notna(v) else "–")
-        if "prefill_s" in live:
-            table["LLM prefill"] = live["prefill_s"].map(lambda v: fmt_seconds(v) if pd.notna(v) else "–")
-        if "flops_exact" in live:
-            table["FLOPs"] = live["flops_exact"].map(lambda v: fmt_flops(v) if pd.notna(v) else "–")
-        if "memory_bytes" in live:
-            table["memory"] = [memory_label(b, k) if pd.notna(b) else "–"
-                               for b, k in zip(live["memory_bytes"], live.get("memory_kind", [None] * len(live)))]
-        if "device" in live:
-            table["device"] = live["device"].map(device_label)
+        flops = speed.flops_curve(cc, self._flops_lengths(live))
         rows = live.astype(object).where(live.notna(), None).to_dict(orient="records")
         fig = charts.speed_figure(live, committed, log=log_scale)
-        return fig, charts.flops_figure(flops, log=log_scale), gr.update(value=table, visible=True), rows, live
+        return (fig, charts.flops_figure(flops, log=log_scale), gr.update(value=speed_table(live), visible=True), rows,
+                live)
 
     def replot(self, live, log_scale: bool):
         committed, _ = self._committed_note()
-        flops = None
-        if self.service.info is not None:
-            lengths = sorted(set(int(x) for x in live["length"])) if live is not None else REFERENCE_LENGTHS
-            flops = speed.flops_curve(self.service.get(), lengths)
+        flops = speed.flops_curve(self.service.get(), self._flops_lengths(live)) if self.service.info else None
         return charts.speed_figure(live, committed, log=log_scale), charts.flops_figure(flops, log=log_scale)
 
     # ------------------------------------------------------------------ evaluation

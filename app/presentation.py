@@ -91,12 +91,29 @@ def banner(kind: str, text: str) -> str:
     return f'<div class="icf-banner icf-{kind}">{text}</div>'
 
 
-def tokens_to_vectors(num_tokens: int, num_vectors: int, method: str) -> str:
-    ratio = num_tokens / num_vectors if num_vectors else 0
+def positions_label(num_tokens: int, num_vectors: int) -> str:
+    """How many fewer positions the LLM reads, or, below one chunk's worth, how many more."""
+    if not num_tokens or not num_vectors:
+        return "–"
+    if num_vectors < num_tokens:
+        return f"{num_tokens / num_vectors:.1f}× fewer"
+    if num_vectors == num_tokens:
+        return "as many"
+    return f"{num_vectors / num_tokens:.1f}× more: expanded"
+
+
+def tokens_to_vectors(num_tokens: int, num_vectors: int, method: str, k: int | None = None) -> str:
+    """The headline: tokens → vectors, and whether that is compression at all (k: vectors per chunk)."""
+    if num_vectors >= num_tokens:
+        per_chunk = f"every chunk becomes {k} vectors" if k else "every chunk becomes a fixed number of vectors"
+        note = (f"{positions_label(num_tokens, num_vectors)}, not compressed: {per_chunk}, so a context of fewer "
+                "tokens than that is expanded. Paste a longer one.")
+    else:
+        note = f"{positions_label(num_tokens, num_vectors)} positions for the LLM to read"
     return (
-        f'<div class="icf-t2v"><span class="icf-big">{num_tokens}</span> tokens '
-        f'<span class="icf-arrow">→</span> <span class="icf-big">{num_vectors}</span> {esc(label(method))} vectors '
-        f'<span class="icf-muted">({ratio:.1f}× fewer positions for the LLM to read)</span></div>'
+        f'<div class="icf-t2v"><span class="icf-big">{num_tokens:,}</span> tokens '
+        f'<span class="icf-arrow">→</span> <span class="icf-big">{num_vectors:,}</span> {esc(label(method))} vectors '
+        f'<span class="icf-muted">({esc(note)})</span></div>'
     )
 
 
@@ -146,6 +163,103 @@ def timing_card(method: str, timings: dict, device: str, extra: str = "") -> str
     )
 
 
+def answer_comparison(method: str, timings: dict, full: dict) -> str:
+    """One compressed method's answer against the full context's, at equal work.
+
+    Answers differ in length, so their totals are not compared: the time to the first token
+    (compression + prefill) and the decoding speed per token are.
+    """
+    first, full_first = (t.get("compress_s", 0.0) + t.get("prefill_s", 0.0) for t in (timings, full))
+    if not first or not full_first:
+        return ""
+    ratio = full_first / first
+    if ratio >= 1.05:
+        verdict = f"<b>{fmt_ratio(ratio)} sooner</b>"
+    elif ratio > 1 / 1.05:
+        verdict = "about as soon"
+    else:
+        verdict = f"{fmt_ratio(1 / ratio)} later"
+    speeds = [t.get("tokens_per_s") or 0.0 for t in (timings, full)]
+    decode = (f"; decoding {speeds[0]:.1f} vs {speeds[1]:.1f} tokens/s" if all(speeds) else "")
+    return (
+        f"<div class='icf-muted'>{esc(label(method))}: first token after {fmt_seconds(first)} (compress + prefill) "
+        f"vs {fmt_seconds(full_first)} reading the full context, {verdict}{decode}. Answers of different lengths "
+        "take different totals, so those are not compared.</div>"
+    )
+
+
+def run_name(meta: dict) -> str:
+    """A committed benchmark run by machine, model and date (file names say neither)."""
+    kind = "GPU" if str(meta.get("device", "")).startswith("cuda") else "CPU"
+    llm = re.sub(r"^\S*/", "", str(meta.get("llm") or "")).replace(" architecture", "")
+    parts = [f"{kind} {meta.get('device_name') or meta.get('device') or '?'}", llm, str(meta.get("date") or "")[:10]]
+    return ", ".join(p for p in parts if p)
+
+
+def decoding_note(done: int, limit: int, timings: dict, wall_s: float) -> str:
+    """The Reconstruct tab while it streams: tokens so far, compute speed, and time spent waiting for turns."""
+    compute = timings.get("prefill_s", 0.0) + timings.get("decode_s", 0.0)
+    waited = max(wall_s - compute, 0.0)
+    shared = f"; {fmt_seconds(waited)} of it waiting for other requests' turns" if waited >= 0.5 else ""
+    return (f"<div class='icf-muted'><span class='icf-spinner'></span>Decoding: {done:,} of up to {limit:,} tokens, "
+            f"{timings.get('tokens_per_s') or 0.0:.1f} tokens/s, {fmt_seconds(wall_s)} so far{shared}. "
+            "Stop keeps what is decoded.</div>")
+
+
+def reconstruction_stats(bleu: float, counts: dict[str, int], num_tokens: int, num_vectors: int, result,
+                         limit: int, *, capped: bool, wall_s: float) -> str:
+    """BLEU and word counts of a finished (or stopped) reconstruction, and what bounded it."""
+    compute = result.timings.get("prefill_s", 0.0) + result.timings.get("decode_s", 0.0)
+    decoded = len(result.token_ids)
+    waited = max(wall_s - compute, 0.0)
+    html = (
+        f'<div class="icf-stats"><div><span class="icf-big">{bleu:.3f}</span> BLEU-4</div>'
+        f'<div><span class="icf-big">{counts["same"]:,}</span> words kept</div>'
+        f'<div><span class="icf-big">{counts["missing"]:,}</span> missing</div>'
+        f'<div><span class="icf-big">{counts["added"]:,}</span> added</div></div>'
+        f"<div class='icf-muted'>{num_tokens:,} tokens → {num_vectors:,} vectors → {decoded:,} tokens decoded in "
+        f"{fmt_seconds(compute)} ({result.timings.get('tokens_per_s') or 0.0:.1f} tokens/s) on "
+        f"{esc(device_label(result.device))}"
+        + (f"; {fmt_seconds(waited)} more waiting for other requests' turns" if waited >= 0.5 else "") + "."
+    )
+    if not result.done:
+        html += f" Stopped after {decoded:,} tokens, so the rest counts as missing."
+    elif capped and decoded >= limit:
+        html += f" Decoding was capped at {limit:,} new tokens, so the tail counts as missing."
+    html += "</div>"
+    if not result.trained:
+        html += banner("warn", "Untrained compressor: expect noise; BLEU near 0 is the correct result here.")
+    return html
+
+
+def speed_table(live):
+    """The live quick benchmark (a DataFrame of `icformer.bench` rows) as display strings.
+
+    IC-Former's speed-up over ICAE is a property of the IC-Former row only: the other rows show "–"."""
+    import pandas as pd
+
+    def column(name, fmt, rows=None):
+        values = live[name] if name in live else pd.Series([None] * len(live), index=live.index)
+        keep = rows if rows is not None else pd.Series(True, index=live.index)
+        return [fmt(v) if k and pd.notna(v) and v else "–" for v, k in zip(values, keep)]
+
+    table = pd.DataFrame({
+        "method": live["method"].map(label),
+        "tokens": live["length"].astype(int).map(lambda n: f"{n:,}"),
+        "compress": column("compress_s", fmt_seconds),
+        "IC-Former speed-up vs ICAE": column("speedup_vs_icae", fmt_ratio, live["method"] == "icformer"),
+        "LLM prefill": column("prefill_s", fmt_seconds),
+        "decode": column("decode_tokens_per_s", lambda v: f"{v:.1f} tokens/s"),
+        "FLOPs": column("flops_exact", fmt_flops),
+    })
+    if "memory_bytes" in live:
+        kinds = live["memory_kind"] if "memory_kind" in live else [None] * len(live)
+        table["memory"] = [memory_label(b, k) if pd.notna(b) else "–" for b, k in zip(live["memory_bytes"], kinds)]
+    if "device" in live:
+        table["device"] = live["device"].map(device_label)
+    return table
+
+
 def table_html(headers: Iterable[str], rows: Iterable[Iterable[object]]) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -159,8 +273,7 @@ def bench_runs_html(runs: list[tuple[dict, list[dict]]], paper: dict[tuple[int, 
         return ""
     parts = ["<h4>Committed runs, every batch x length</h4>"]
     for meta, rows in runs:
-        where = (f"{meta.get('device_name', '?')} ({meta.get('device', '?')}, {meta.get('dtype', '?')}), "
-                 f"{meta.get('llm', '?')}" + (f", {meta['date'][:10]}" if meta.get("date") else ""))
+        where = ", ".join(str(meta.get(key, "?")) for key in ("device", "dtype", "llm")) + f"; file {meta.get('source', '?')}"
         table = []
         for r in sorted(rows, key=lambda r: (r["batch_size"], r["length"])):
             ref = paper.get((r["batch_size"], r["length"]), {})
@@ -172,7 +285,7 @@ def bench_runs_html(runs: list[tuple[dict, list[dict]]], paper: dict[tuple[int, 
                 + (f" (paper {fmt_ratio(ref['total_speedup'])})" if "total_speedup" in ref else ""),
                 f"{r['time_over_flop_bound']:.2f}",
             ))
-        parts.append(f"<div class='icf-muted'><b>{esc(meta.get('source', '?'))}</b>: {esc(where)}</div>")
+        parts.append(f"<div class='icf-muted'><b>{esc(run_name(meta))}</b> ({esc(where)})</div>")
         parts.append(table_html(("batch x tokens", "IC-Former", "ICAE", "IC-Former speed-up", "FLOPs ratio",
                                  "compress + prefill vs full prefill", "time / FLOP bound"), table))
     parts.append("<div class='icf-muted'>Times are medians of one run on the machine named; they move by about 10% "

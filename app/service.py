@@ -3,14 +3,16 @@
 The Space holds a single :class:`~icformer.ContextCompressor`. Loading it takes seconds
 (tens on a cold cache), so it starts in a background thread when the app starts and every
 handler waits for it (showing progress) instead of loading its own copy. Model calls go
-through :meth:`ModelService.session`, which holds a re-entrant lock: ``generate`` on a
-shared torch module is not safe to run from two threads at once, and the Gradio queue
-(``concurrency_id="model"``) already serialises these events, so the lock only guards
-against callers outside the queue.
+through :meth:`ModelService.session`, which holds a :class:`TurnLock`: a shared torch
+module is not safe to run from two threads at once. Several requests run at once in the
+Gradio queue and take turns on the model in arrival order; a decode takes one turn per
+token, so a short request waits for one token step of each running decode, not for the
+whole decode.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -22,6 +24,7 @@ from typing import Callable, Iterator
 
 log = logging.getLogger(__name__)
 
+_DONE = object()
 CompressorFactory = Callable[[], "object"]  # returns an icformer.ContextCompressor or a LoadedModel
 
 
@@ -124,6 +127,55 @@ def describe(cc) -> ModelInfo:
     )
 
 
+class TurnLock:
+    """A re-entrant lock granted in arrival order.
+
+    ``threading.Lock`` lets the thread that just released it take it straight back, so a
+    decode that locks once per token would starve everyone else; here a released lock
+    goes to the longest waiter, and the releaser queues behind it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: collections.deque = collections.deque()
+        self._owner: int | None = None
+        self._depth = 0
+
+    def acquire(self) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return
+            ticket = object()
+            self._queue.append(ticket)
+            while self._owner is not None or self._queue[0] is not ticket:
+                self._cond.wait()
+            self._queue.popleft()
+            self._owner, self._depth = me, 1
+
+    def release(self) -> None:
+        with self._cond:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("TurnLock released by a thread that does not hold it")
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._cond.notify_all()
+
+    def waiting(self) -> int:
+        """Callers queued for the lock now (not counting its holder)."""
+        with self._cond:
+            return len(self._queue)
+
+    def __enter__(self) -> "TurnLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 class ModelService:
     """Lazily builds the compressor once (optionally in the background) and lends it out."""
 
@@ -137,7 +189,7 @@ class ModelService:
         self._load_lock = threading.Lock()
         self._ready = threading.Event()
         self._started = 0.0
-        self.lock = threading.RLock()  # held around every model call
+        self.lock = TurnLock()  # held around every model call (a decode: every token step)
 
     # ------------------------------------------------------------------ loading
 
@@ -207,6 +259,21 @@ class ModelService:
         cc = self.get(wait_callback)
         with self.lock:
             yield cc
+
+    def turns(self, start: Callable[[object], Iterator]) -> Iterator:
+        """Each item of the iterator ``start(cc)`` returns, every ``next()`` in its own turn on the model.
+
+        For the library's token-by-token decodes: between two tokens other requests get the model.
+        Stop iterating to stop the decode; nothing is held between turns.
+        """
+        with self.session() as cc:
+            steps = iter(start(cc))
+        while True:
+            with self.session():
+                item = next(steps, _DONE)
+            if item is _DONE:
+                return
+            yield item
 
     # ------------------------------------------------------------------ status
 

@@ -11,10 +11,10 @@ api_name            inputs                                                     o
 /ask                context, question, max_new_tokens                          3 x (answer, timings html),
                                                                                headline html, summary json
 /reconstruct        context, method ("icformer"|"icae"), max_new_tokens        diff spans, stats html,
-                                                                               text, summary json
+                    (0: the context's length + 16), streamed                   text, summary json
 /attention          context                                                    heatmap plot, stats html,
                                                                                summary json
-/bench              lengths (list[int]), log_scale                             time plot, FLOPs plot,
+/bench              lengths (list of "128", "256", …), log_scale               time plot, FLOPs plot,
                                                                                table, rows json
 /speed_reference    log_scale                                                  time plot, FLOPs plot, note,
                                                                                committed runs (HTML)
@@ -27,8 +27,12 @@ api_name            inputs                                                     o
                                                                                loaded, asked for, fallback)
 ==================  =========================================================  ===========================
 
-Every session keeps its compressed contexts in its own ``gr.State``; the model is shared
-and its events share one queue slot (``concurrency_id="model"``).
+Every session keeps its compressed contexts in its own ``gr.State``; the model is shared.
+Several requests run at once (concurrency groups "decode", "quick" and "bench") and take
+turns on the model in arrival order, a decode one token per turn (``service.TurnLock``), so
+a compress never waits for a whole reconstruction. /ask and /reconstruct stream; an API
+client stops one with ``job.cancel()``, the page with its Stop button (keeping what was
+decoded). The app takes no uploads (``MAX_FILE_SIZE``).
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ from typing import Callable
 
 import gradio as gr
 
+from icformer.compressor import RECONSTRUCTION_MARGIN
+
 from . import about
 from .examples import EXAMPLES_DIR, load_examples
-from .handlers import ANSWER_METHODS, Handlers
+from .handlers import ANSWER_METHODS, RECONSTRUCT_MAX_TOKENS, Handlers
 from .presentation import DIFF_COLORS, label
 from .results import QA_METRICS, results_dir as resolve_results_dir
 from .service import ModelService, default_factory
@@ -48,6 +54,8 @@ from .speed import QUICK_LENGTHS
 
 TITLE = "IC-Former: lightning-fast context compression"
 SESSION_TTL_S = 2 * 3600  # a visitor's compressed contexts are dropped after two idle hours
+MAX_FILE_SIZE = "1mb"  # the app takes no uploads: refuse large ones at the server
+DECODE_CONCURRENCY = 4  # ask / reconstruct requests decoding at once, taking turns per token
 
 CSS = """
 .gradio-container { max-width: 1320px !important; margin: auto; }
@@ -90,6 +98,7 @@ table.icf-table td { font-variant-numeric: tabular-nums; }
   border-radius: 4px; font-size: 0.92rem; }
 #icf-model th:first-child, #icf-model td:first-child { white-space: nowrap; }
 .icf-legend span { display: inline-block; padding: 0 6px; border-radius: 4px; margin-right: 8px; }
+#icf-diff .textfield { word-break: normal; overflow-wrap: break-word; }
 """
 
 
@@ -100,6 +109,7 @@ class _Demo(gr.Blocks):
         kwargs.setdefault("theme", theme())
         kwargs.setdefault("css", CSS)
         kwargs.setdefault("state_session_capacity", 2000)  # bounds the per-session compressed contexts kept
+        kwargs.setdefault("max_file_size", MAX_FILE_SIZE)
         return super().launch(*args, **kwargs)
 
 
@@ -115,16 +125,18 @@ def build_demo(
     results_dir: str | Path | None = None,
     examples_dir: str | Path = EXAMPLES_DIR,
     max_context_tokens: int = 4096,
-    model_concurrency: int = 1,
+    model_concurrency: int = DECODE_CONCURRENCY,
     preload: bool = True,
     warm_up: bool = True,
 ) -> gr.Blocks:
     """The whole app. ``compressor_factory()`` must return an ``icformer.ContextCompressor``;
-    it runs once, in a background thread when ``preload`` (else on first use)."""
+    it runs once, in a background thread when ``preload`` (else on first use).
+    ``model_concurrency``: decodes (ask, reconstruct) running at once, sharing the model per token."""
     service = ModelService(compressor_factory or default_factory(), warm_up=warm_up)
     examples = load_examples(examples_dir)
     h = Handlers(service, examples, resolve_results_dir(results_dir), max_context_tokens=max_context_tokens)
-    model_event = dict(concurrency_id="model", concurrency_limit=model_concurrency)
+    # Separate groups, so a compress never queues behind decodes; the model itself is shared per turn.
+    groups = dict(decode=model_concurrency, quick=2, bench=1)
     private = dict(api_visibility="private")
 
     with _Demo(title=TITLE, analytics_enabled=False) as demo:
@@ -156,12 +168,14 @@ def build_demo(
                         headline = gr.HTML(
                             "<div class='icf-muted'>Press <b>Compress</b> to see tokens → vectors, each method's "
                             "compression time, FLOPs and memory.</div>",
-                            elem_id="icf-headline",
+                            label="headline", show_label=False, elem_id="icf-headline",
                         )
-                        comp_table = gr.HTML(elem_id="icf-comp-table")
+                        comp_table = gr.HTML(label="table", show_label=False, elem_id="icf-comp-table")
                         with gr.Row():
-                            dl_icformer = gr.DownloadButton("Download IC-Former context", visible=False, size="sm")
-                            dl_icae = gr.DownloadButton("Download ICAE context", visible=False, size="sm")
+                            dl_icformer = gr.DownloadButton("Download IC-Former context", visible=False, size="sm",
+                                                            elem_id="icf-download-icformer")
+                            dl_icae = gr.DownloadButton("Download ICAE context", visible=False, size="sm",
+                                                        elem_id="icf-download-icae")
                         with gr.Accordion("Raw numbers (JSON)", open=False):
                             comp_json = gr.JSON(label="compression summary")
 
@@ -171,9 +185,11 @@ def build_demo(
                                           elem_id="icf-question")
                     max_new = gr.Slider(8, 256, value=48, step=8, label="max new tokens", scale=2)
                     ask_btn = gr.Button("Ask", variant="primary", scale=1, elem_id="icf-ask")
+                    ask_stop = gr.Button("Stop", variant="stop", scale=0, min_width=80, interactive=False,
+                                         elem_id="icf-ask-stop")
                 with gr.Row():
                     q_buttons = [gr.Button(visible=False, size="sm", variant="secondary") for _ in range(3)]
-                ask_headline = gr.HTML(elem_id="icf-ask-headline")
+                ask_headline = gr.HTML(label="headline", show_label=False, elem_id="icf-ask-headline")
                 answer_boxes, answer_cards = [], []
                 with gr.Row(equal_height=False):
                     for m in ANSWER_METHODS:
@@ -182,7 +198,8 @@ def build_demo(
                                    "full": "reads every context token"}[m]
                             answer_boxes.append(gr.Textbox(label=f"{label(m)} — {sub}", lines=5, max_lines=12,
                                                            interactive=False, elem_id=f"icf-answer-{m}"))
-                            answer_cards.append(gr.HTML(elem_id=f"icf-card-{m}"))
+                            answer_cards.append(gr.HTML(label=f"{m} timings", show_label=False,
+                                                        elem_id=f"icf-card-{m}"))
                 with gr.Accordion("Raw answers (JSON)", open=False):
                     ask_json = gr.JSON(label="answers")
 
@@ -198,42 +215,49 @@ def build_demo(
                 )
                 with gr.Row():
                     rec_method = gr.Radio(["icformer", "icae"], value="icformer", label="Vectors to decode")
-                    rec_max = gr.Slider(16, 640, value=96, step=16, label="max new tokens",
-                                        info="Decoding is slow on a CPU; the full context needs about its own length.")
+                    rec_max = gr.Slider(0, RECONSTRUCT_MAX_TOKENS, value=0, step=16, label="max new tokens",
+                                        info=f"0: the context's own length plus {RECONSTRUCTION_MARGIN}, enough for "
+                                             f"all of it (at most {RECONSTRUCT_MAX_TOKENS:,}). The text streams as "
+                                             "it is decoded.",
+                                        elem_id="icf-rec-max")
                     rec_btn = gr.Button("Reconstruct", variant="primary", elem_id="icf-reconstruct")
-                rec_stats = gr.HTML(elem_id="icf-rec-stats")
+                    rec_stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="icf-rec-stop")
+                rec_stats = gr.HTML(label="stats", show_label=False, elem_id="icf-rec-stats")
                 rec_diff = gr.HighlightedText(label="Word-level difference from the original", color_map=DIFF_COLORS,
                                               show_legend=True, combine_adjacent=True, elem_id="icf-diff")
                 with gr.Accordion("Reconstructed text", open=False):
-                    rec_text = gr.Textbox(show_label=False, lines=6, interactive=False)
+                    rec_text = gr.Textbox(label="reconstructed text", show_label=False, lines=6, interactive=False)
                     rec_json = gr.JSON(label="reconstruction summary")
                 with gr.Accordion("Where the digests look (IC-Former attention)", open=False):
                     att_btn = gr.Button("Show attention", elem_id="icf-attention")
-                    att_plot = gr.Plot(show_label=False, elem_id="icf-attention-plot")
-                    att_stats = gr.HTML(elem_id="icf-attention-stats")
+                    att_plot = gr.Plot(label="heatmap", show_label=False, elem_id="icf-attention-plot")
+                    att_stats = gr.HTML(label="stats", show_label=False, elem_id="icf-attention-stats")
                     att_json = gr.JSON(label="attention summary")
 
             # ------------------------------------------------------------ Speed
             with gr.Tab("Speed", id="speed") as speed_tab:
                 gr.Markdown(
                     "Compression time against context length, live on this machine in quick mode (solid), beside "
-                    "committed full benchmark runs (dashed) and the analytic FLOPs. IC-Former grows linearly with "
-                    "the context; ICAE runs the whole LLM, quadratically."
+                    "committed full benchmark runs (dashed) and the analytic FLOPs. Contexts are split into chunks, "
+                    "so both methods grow linearly with the context: ICAE runs the whole LLM over every chunk and "
+                    "its memory slots, IC-Former 3 small cross-attention layers over the chunk's word embeddings. "
+                    "The FLOPs chart shows the constant factor between them."
                 )
                 with gr.Row():
-                    lengths = gr.CheckboxGroup(QUICK_LENGTHS + [4096], value=[128, 256, 512],
+                    # Strings: the API documents a checkbox group's values as strings, and so takes them.
+                    lengths = gr.CheckboxGroup([str(n) for n in QUICK_LENGTHS + [4096]], value=["128", "256", "512"],
                                                label="context lengths (tokens)", scale=4,
                                                info="On a CPU, each length takes 10–60 s (ICAE runs the whole LLM).")
                     log_scale = gr.Checkbox(value=True, label="log–log axes", scale=1)
                     bench_btn = gr.Button("Run quick benchmark", variant="primary", scale=1, elem_id="icf-bench")
-                speed_note = gr.Markdown()
+                speed_note = gr.Markdown(label="note")
                 with gr.Row():
                     speed_plot = gr.Plot(label="compression time")
                     flops_plot = gr.Plot(label="FLOPs")
                 bench_table = gr.Dataframe(label="live quick benchmark", interactive=False, visible=False)
-                bench_runs = gr.HTML(elem_id="icf-bench-runs")
+                bench_runs = gr.HTML(label="committed runs", show_label=False, elem_id="icf-bench-runs")
                 with gr.Accordion("Raw rows (JSON)", open=False):
-                    bench_json = gr.JSON()
+                    bench_json = gr.JSON(label="rows")
                 live_rows = gr.State(None)
 
             # ------------------------------------------------------------ Evaluation
@@ -252,14 +276,16 @@ def build_demo(
                 with gr.Column(visible=False) as sample_group:
                     gr.Markdown("#### Per-sample browser")
                     with gr.Row():
-                        s_dataset = gr.Dropdown(["All"], value="All", label="dataset")
-                        s_method = gr.Dropdown(["All"], value="All", label="score of method")
+                        # Custom values: the API filters by any dataset or method without opening the tab first.
+                        s_dataset = gr.Dropdown(["All"], value="All", label="dataset", allow_custom_value=True)
+                        s_method = gr.Dropdown(["All"], value="All", label="score of method", allow_custom_value=True)
                         s_metric = gr.Dropdown(QA_METRICS, value="rougeL_f", label="metric")
                         s_min = gr.Slider(0, 1, value=0, step=0.05, label="min score")
                         s_max = gr.Slider(0, 1, value=1, step=0.05, label="max score")
                     s_note = gr.Markdown()
                     s_table = gr.Dataframe(interactive=False, max_height=260, wrap=True)
-                    s_id = gr.Dropdown([], label="sample", allow_custom_value=False)
+                    # Custom values: /sample takes any id, without a /samples call first; unknown ones show nothing.
+                    s_id = gr.Dropdown([], label="sample", allow_custom_value=True)
                     with gr.Row():
                         s_context = gr.Textbox(label="context", lines=6, max_lines=10, interactive=False, scale=3)
                         with gr.Column(scale=2):
@@ -268,7 +294,7 @@ def build_demo(
                     with gr.Row():
                         s_answers = [gr.Textbox(label=label(m), lines=4, interactive=False) for m in ANSWER_METHODS]
                     with gr.Accordion("Raw sample (JSON)", open=False):
-                        s_json = gr.JSON()
+                        s_json = gr.JSON(label="sample")
 
             # ------------------------------------------------------------ About
             with gr.Tab("About", id="about"):
@@ -283,19 +309,29 @@ def build_demo(
 
         # ---------------------------------------------------------------- wiring
         model_buttons = [compress_btn, ask_btn, rec_btn, att_btn, bench_btn]
+        stop_buttons = [ask_stop, rec_stop]
 
         def lock():
-            return [gr.update(interactive=False) for _ in model_buttons]
+            return [gr.update(interactive=False) for _ in model_buttons] + [gr.update(interactive=True)] * 2
 
         def unlock():
-            return [gr.update(interactive=True) for _ in model_buttons]
+            return [gr.update(interactive=True) for _ in model_buttons] + [gr.update(interactive=False)] * 2
 
-        def run_locked(triggers, fn, inputs, outputs, api_name):
-            ev = gr.on(triggers, lock, None, model_buttons, queue=False, **private)
-            main = ev.then(fn, inputs, outputs, api_name=api_name, **model_event)
+        def blank(component):
+            """An output's empty value: a run starts from nothing, so an error never sits above an old result."""
+            if isinstance(component, gr.DownloadButton):
+                return gr.update(value=None, visible=False)
+            return gr.update(value=None)
+
+        def run_locked(triggers, fn, inputs, outputs, api_name, group, progress_on=None):
+            shown = [o for o in outputs if not isinstance(o, gr.State)]
+            ev = gr.on(triggers, lambda: [*lock(), *map(blank, shown)], None, [*model_buttons, *stop_buttons, *shown],
+                       queue=False, **private)
+            main = ev.then(fn, inputs, outputs, api_name=api_name, concurrency_id=group,
+                           concurrency_limit=groups[group], show_progress_on=progress_on)
             # Gradio 6.31's page skips .then() after an error, so re-enable on failure explicitly too.
-            main.then(unlock, None, model_buttons, queue=False, **private)
-            main.failure(unlock, None, model_buttons, queue=False, **private)
+            main.then(unlock, None, [*model_buttons, *stop_buttons], queue=False, **private)
+            main.failure(unlock, None, [*model_buttons, *stop_buttons], queue=False, **private)
             return main
 
         def tick():
@@ -311,16 +347,20 @@ def build_demo(
         for b in q_buttons:
             b.click(h.pick_question, [b, context], [question, ask_headline], **private)
 
+        # One progress bar per run, on the output it is about.
         run_locked([compress_btn.click], h.compress, [context, session],
-                   [headline, comp_table, dl_icformer, dl_icae, comp_json, session], "compress")
+                   [headline, comp_table, dl_icformer, dl_icae, comp_json, session], "compress", "quick", [headline])
         ask_outputs = [x for pair in zip(answer_boxes, answer_cards) for x in pair]
         run_locked([ask_btn.click, question.submit], h.ask, [context, question, max_new, session],
-                   [*ask_outputs, ask_headline, ask_json, session], "ask")
+                   [*ask_outputs, ask_headline, ask_json, session], "ask", "decode", [ask_headline])
         run_locked([rec_btn.click], h.reconstruct, [context, rec_method, rec_max, session],
-                   [rec_diff, rec_stats, rec_text, rec_json, session], "reconstruct")
-        run_locked([att_btn.click], h.attention, [context], [att_plot, att_stats, att_json], "attention")
+                   [rec_diff, rec_stats, rec_text, rec_json, session], "reconstruct", "decode", [rec_stats])
+        run_locked([att_btn.click], h.attention, [context], [att_plot, att_stats, att_json], "attention", "quick",
+                   [att_plot])
         run_locked([bench_btn.click], h.bench, [lengths, log_scale],
-                   [speed_plot, flops_plot, bench_table, bench_json, live_rows], "bench")
+                   [speed_plot, flops_plot, bench_table, bench_json, live_rows], "bench", "bench", [speed_plot])
+        for button in stop_buttons:
+            button.click(h.stop, None, None, queue=False, **private)
 
         speed_tab.select(h.speed_reference, log_scale, [speed_plot, flops_plot, speed_note, bench_runs],
                          api_name="speed_reference")

@@ -7,6 +7,10 @@ run of each step is the FlopCounterMode run, so measured FLOPs cost no extra pas
 run is timed with CUDA events after a synchronisation. Contexts are random token ids (no special
 tokens): speed does not depend on content.
 
+At batch 1 it also decodes a fixed number of tokens after each prompt (greedy, no stop token),
+for the decode speed a reader gets from each method: the compressed prompt holds k vectors per
+chunk, the full one every context token, so the full context's KV cache grows with the length.
+
 IC-Former's time is also compared with its FLOP-bound time: its exact FLOPs over the rate
 of its own largest matmul (the K/V projection), timed in the same rotation; the ratio says
 how close to the hardware's matmul speed the whole compression runs.
@@ -29,6 +33,7 @@ import torch
 from .architecture import ARCHITECTURES, random_llm
 from .compressor import EMBEDDED_COMPRESSOR, ContextCompressor, encode
 from .flops import Flops, chunk_grid, icae_flops, icformer_flops, measure_flops
+from .generation import SamplingOptions, generate_from_embeds
 from .modeling_icformer import ICFormerConfig, ICFormerModel
 from .prompts import assemble, prompt_style, question_layout
 from .timing import cpu_name, elapsed, peak_memory_bytes, reset_peak_memory, source_commit
@@ -38,6 +43,8 @@ DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_REPEATS = 5
 QUICK_LENGTHS = (128, 512)
 QUICK_REPEATS = 3
+DECODE_TOKENS = 32  # new tokens decoded per method at batch 1 (quick: QUICK_DECODE_TOKENS)
+QUICK_DECODE_TOKENS = 16
 QUESTION = "What is the main point of this text?"
 FILE_STEM = "bench"
 SOURCE_COMMIT_ENV = "ICFORMER_SOURCE_COMMIT"  # overrides the git commit recorded in the results' meta
@@ -48,7 +55,7 @@ COLUMNS = (
     "compress_s", "prefill_s", "total_s", "speedup_vs_icae", "total_speedup_vs_full",
     "flops_paper", "flops_exact", "flops_measured", "flops_ratio_vs_icae", "prefill_flops_measured",
     "gflops_per_s", "matmul_gflops_per_s", "flop_bound_s", "time_over_flop_bound",
-    "memory_bytes", "memory_kind", "device",
+    "memory_bytes", "memory_kind", "device", "decode_tokens_per_s",
 )
 
 
@@ -88,8 +95,16 @@ def _reference_matmul(cc: ContextCompressor, batch: int, length: int) -> Callabl
     return lambda: a @ b
 
 
+def _decode_rate(cc: ContextCompressor, inputs: torch.Tensor, tokens: int) -> float:
+    """Tokens per second decoding `tokens` new tokens after the prompt `inputs` ([positions, hidden]):
+    greedy and with no stop token, so every method decodes the same number; the prefill is not counted."""
+    options = SamplingOptions(max_new_tokens=tokens)
+    return generate_from_embeds(cc.llm, cc.tokenizer, inputs, options, [], cc._decoder)[1]["tokens_per_s"]
+
+
 @torch.no_grad()
-def _measure(cc: ContextCompressor, ids: list[list[int]], repeats: int) -> dict[str, dict[str, Any]]:
+def _measure(cc: ContextCompressor, ids: list[list[int]], repeats: int,
+             decode_tokens: int = 0) -> dict[str, dict[str, Any]]:
     """Seconds (median), measured FLOPs and peak memory of each step, interleaved.
 
     The reference matmul is timed in the same rotation, so the FLOP-bound time it gives
@@ -113,6 +128,9 @@ def _measure(cc: ContextCompressor, ids: list[list[int]], repeats: int) -> dict[
             results[name]["memory"] = max(results[name]["memory"], peak_memory_bytes(cc.device))
     for result in results.values():
         result["seconds"] = statistics.median(result.pop("times"))
+    if decode_tokens and len(ids) == 1:
+        for name, inputs in (("decode_compressed", compressed), ("decode_full", full)):
+            results[name] = {"tokens_per_s": _decode_rate(cc, inputs[0], decode_tokens)}
     return results
 
 
@@ -129,6 +147,8 @@ def _rows(cc: ContextCompressor, batch: int, length: int, repeats: int, measured
     full_total = measured["prefill_full"]["seconds"]
     icae_s = measured["icae"]["seconds"]
     rate = measured["matmul"]["flops"] / measured["matmul"]["seconds"]
+    decode = {key: measured[f"decode_{key}"]["tokens_per_s"] if f"decode_{key}" in measured else None
+              for key in ("compressed", "full")}
     common = dict(batch_size=batch, length=length, repeats=repeats, device=str(cc.device),
                   memory_kind="cuda_peak" if cc.device.type == "cuda" else "cpu_rss")
     rows = []
@@ -145,11 +165,13 @@ def _rows(cc: ContextCompressor, batch: int, length: int, repeats: int, measured
             prefill_flops_measured=measured["prefill_compressed"]["flops"],
             gflops_per_s=measured[method]["flops"] / seconds / 1e9, matmul_gflops_per_s=rate / 1e9,
             flop_bound_s=bound, time_over_flop_bound=seconds / bound, memory_bytes=measured[method]["memory"],
+            decode_tokens_per_s=decode["compressed"],
         ))
     rows.append(dict(
         common, method="full", num_vectors=length, prefill_s=full_total, total_s=full_total,
         total_speedup_vs_full=1.0, prefill_flops_measured=measured["prefill_full"]["flops"],
         matmul_gflops_per_s=rate / 1e9, memory_bytes=measured["prefill_full"]["memory"],
+        decode_tokens_per_s=decode["full"],
     ))
     return [{column: row.get(column) for column in COLUMNS} for row in rows]
 
@@ -162,6 +184,7 @@ def run_benchmark(
     *,
     quick: bool = False,
     max_batch_tokens: int | None = None,
+    decode_tokens: int | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -169,6 +192,7 @@ def run_benchmark(
 
     Defaults: lengths 128..4096, batch sizes 1 and 8, 5 repeats; `quick`: lengths 128 and 512,
     batch 1, 3 repeats. `max_batch_tokens` skips combinations with batch_size * length above it.
+    `decode_tokens` (default 32, quick 16, 0: none) are decoded per method at batch 1.
 
     Row schema (`COLUMNS`; None where a column does not apply, e.g. compression columns for "full"):
       method: "icformer", "icae" or "full" (the LLM reading the whole context; no compression)
@@ -190,6 +214,8 @@ def run_benchmark(
       flop_bound_s, time_over_flop_bound: exact FLOPs / matmul rate, and compress_s over it
       memory_bytes, memory_kind: CUDA peak allocation ("cuda_peak") or process RSS ("cpu_rss")
       device: where it ran
+      decode_tokens_per_s: at batch 1, tokens per second decoding `decode_tokens` tokens after the
+        answer prompt (the compressed methods share one measurement: same shapes); None otherwise
     """
     if cc.icae is None:
         raise ValueError("the benchmark compares IC-Former with ICAE; build the compressor with an ICAE (icae=True)")
@@ -199,8 +225,10 @@ def run_benchmark(
     lengths = list(lengths or (QUICK_LENGTHS if quick else DEFAULT_LENGTHS))
     batch_sizes = list(batch_sizes or ((1,) if quick else DEFAULT_BATCH_SIZES))
     repeats = repeats or (QUICK_REPEATS if quick else DEFAULT_REPEATS)
-    if repeats < 1 or min(lengths) < 1 or min(batch_sizes) < 1:
-        raise ValueError("lengths, batch sizes and repeats must be positive")
+    if decode_tokens is None:
+        decode_tokens = QUICK_DECODE_TOKENS if quick else DECODE_TOKENS
+    if repeats < 1 or min(lengths) < 1 or min(batch_sizes) < 1 or decode_tokens < 0:
+        raise ValueError("lengths, batch sizes and repeats must be positive, decode tokens not negative")
     generator = torch.Generator().manual_seed(seed)
     rows: list[dict[str, Any]] = []
     for batch in batch_sizes:
@@ -210,7 +238,7 @@ def run_benchmark(
             if progress is not None:
                 progress(f"batch {batch} x {length} tokens")
             ids = synthetic_contexts(cc, batch, length, generator)
-            rows.extend(_rows(cc, batch, length, repeats, _measure(cc, ids, repeats)))
+            rows.extend(_rows(cc, batch, length, repeats, _measure(cc, ids, repeats, decode_tokens)))
     return rows
 
 
@@ -263,6 +291,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             measured_over_exact=icf["flops_measured"] / icf["flops_exact"], gflops_per_s=icf["gflops_per_s"],
             time_over_flop_bound=icf["time_over_flop_bound"],
             icformer_memory=icf["memory_bytes"], icae_memory=icae["memory_bytes"], memory_kind=icf["memory_kind"],
+            decode_tokens_per_s=icf.get("decode_tokens_per_s"),
+            full_decode_tokens_per_s=full.get("decode_tokens_per_s"),
         ))
     return out
 
@@ -284,11 +314,16 @@ def read_runs(directory: str | Path) -> list[tuple[Path, dict[str, Any], list[di
     return runs
 
 
+def _rate(tokens_per_s: float | None) -> str:
+    return f"{tokens_per_s:.1f}" if tokens_per_s else "-"
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """One line per (batch, length): times, speed-ups, FLOPs and how close IC-Former runs to the FLOP bound."""
     header = (f"{'b':>3} {'n':>5} {'IC-F s':>8} {'ICAE s':>8} {'speedup':>8} {'prefill':>8} {'full s':>8} "
               f"{'IC-F tot':>9} {'vs full':>8} {'FLOPs IC-F':>11} {'FLOPs ICAE':>11} {'ratio':>6} "
-              f"{'meas/exact':>10} {'GFLOP/s':>8} {'t/bound':>8} {'mem IC-F':>9} {'mem ICAE':>9}")
+              f"{'meas/exact':>10} {'GFLOP/s':>8} {'t/bound':>8} {'mem IC-F':>9} {'mem ICAE':>9} "
+              f"{'dec tok/s':>9} {'full tok/s':>10}")
     lines = [header, "-" * len(header)]
     for r in summarise(rows):
         lines.append(
@@ -297,7 +332,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{r['icformer_total_s']:>9.3f} {r['total_speedup']:>7.2f}x {r['icformer_flops']:>11.3e} "
             f"{r['icae_flops']:>11.3e} {r['flops_ratio']:>5.1f}x {r['measured_over_exact']:>10.3f} "
             f"{r['gflops_per_s']:>8.1f} {r['time_over_flop_bound']:>7.2f}x "
-            f"{r['icformer_memory'] / 2**20:>8.0f}M {r['icae_memory'] / 2**20:>8.0f}M"
+            f"{r['icformer_memory'] / 2**20:>8.0f}M {r['icae_memory'] / 2**20:>8.0f}M "
+            f"{_rate(r['decode_tokens_per_s']):>9} {_rate(r['full_decode_tokens_per_s']):>10}"
         )
     return "\n".join(lines)
 
@@ -368,6 +404,9 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
                         help=f"lengths {' '.join(map(str, QUICK_LENGTHS))}, batch 1, {QUICK_REPEATS} repeats")
     parser.add_argument("--max-batch-tokens", type=int, default=None,
                         help="skip combinations whose batch size x length exceeds this")
+    parser.add_argument("--decode-tokens", type=int, default=None,
+                        help=f"tokens decoded per method at batch 1, for decode tokens/s (default {DECODE_TOKENS}, "
+                             f"--quick {QUICK_DECODE_TOKENS}, 0: none)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; use fewer on a CPU shared with other jobs)")
     parser.add_argument("--random-weights", metavar="ARCH", default=None,
@@ -401,7 +440,8 @@ def run(args: argparse.Namespace) -> int:
     cc = with_icae(_random_compressor(args) if args.random_weights else _compressor(args))
     say = lambda message: print(f"[bench] {message}", file=sys.stderr, flush=True)  # noqa: E731
     rows = run_benchmark(cc, args.lengths, args.batch_sizes, args.repeats, quick=args.quick,
-                         max_batch_tokens=args.max_batch_tokens, progress=say)
+                         max_batch_tokens=args.max_batch_tokens, decode_tokens=args.decode_tokens,
+                         progress=say)
     meta = environment(cc)
     paths = write_results(rows, meta, args.out)
     if args.json:

@@ -15,12 +15,12 @@ import os
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from .context import VERSION, CompressedContext
-from .generation import Answer, SamplingOptions, generate_from_embeds
+from .generation import Answer, SamplingOptions, decode_text, generate_from_embeds, stream_from_embeds
 from .llm import TargetLLM, load_llm
 from .modeling_icformer import ICFormerConfig, ICFormerModel
 from .prompts import assemble, context_prefix_ids, prompt_style, question_layout, reconstruction_layout, stop_token_ids
@@ -32,6 +32,8 @@ ASSETS_DIR = Path(os.environ.get("ICFORMER_ASSETS", Path(__file__).resolve().par
 # The embedded default keeps the paper's 4x ratio at a size 2 CPU cores can train:
 # k=32 digests per chunk of L=128 tokens (the paper: k=128, L=512).
 EMBEDDED_COMPRESSOR = dict(num_digest_tokens=32, chunk_size=128)
+# Reconstruction decodes up to the context's own length plus this many tokens by default.
+RECONSTRUCTION_MARGIN = 16
 
 
 def encode(model: Any | None, target: TargetLLM, ids: list[list[int]]) -> list[torch.Tensor]:
@@ -165,12 +167,15 @@ class ContextCompressor:
 
     # ----------------------------------------------------------------------- compress
 
-    def tokenize(self, text: str | bytes) -> list[int]:
-        """Clean and tokenise a context, refusing over-long input before tokenising it."""
+    def tokenize(self, text: str | bytes, max_tokens: int | None = None) -> list[int]:
+        """Clean and tokenise a context, refusing over-long input before tokenising it.
+
+        ``max_tokens`` lowers this compressor's limit for one call (an app with a smaller budget)."""
+        limit = min(max_tokens or self.max_context_tokens, self.max_context_tokens)
         text = clean_text(text, "context")
-        check_length(len(text), self.max_context_tokens, unit="characters")
+        check_length(len(text), limit, unit="characters")
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        check_length(len(ids), self.max_context_tokens)
+        check_length(len(ids), limit)
         if not ids:
             raise ValueError("The context produced no tokens.")
         return ids
@@ -251,47 +256,84 @@ class ContextCompressor:
         question: str | bytes,
         *,
         method: str | None = None,
-        streamer: Any | None = None,
         **sampling: Any,
     ) -> Answer:
         """Answer a question from a compressed context (a raw string is compressed first)."""
-        question = clean_text(question, "question")
-        ctx = self._as_context(context, method)
-        model = self._compressor(ctx.method)  # None for the full context: chat template, no task vector
-        layout = question_layout(self.tokenizer, question, task=None if model is None else "FT",
-                                 style=prompt_style(model))
-        return self._generate(ctx, layout, SamplingOptions(**sampling), streamer)
+        return self._generate(*self._question_prompt(context, question, method), SamplingOptions(**sampling))
+
+    def stream_answer(
+        self, context: CompressedContext | str | bytes, question: str | bytes, *, method: str | None = None,
+        **sampling: Any,
+    ) -> Iterator[Answer]:
+        """`answer`, one token at a time: an `Answer` so far per generated token, the last with ``done=True``.
+
+        Each `next()` is one forward pass of the LLM, so callers sharing the model can take turns
+        between tokens; stop iterating to cancel (the model keeps no state of it).
+        """
+        ctx, layout = self._question_prompt(context, question, method)
+        return self._stream(ctx, layout, SamplingOptions(**sampling))
 
     def reconstruct(
         self,
         context: CompressedContext | str | bytes,
         *,
         method: str | None = None,
-        streamer: Any | None = None,
         **sampling: Any,
     ) -> Answer:
-        """Decode the vectors back into text (the autoencoding task the compressor pre-trains on)."""
+        """Decode the vectors back into text (the autoencoding task the compressor pre-trains on).
+
+        The default limit is the context's own length plus a margin (`RECONSTRUCTION_MARGIN`)."""
+        ctx, layout, options = self._reconstruction_prompt(context, method, sampling)
+        return self._generate(ctx, layout, options)
+
+    def stream_reconstruct(
+        self, context: CompressedContext | str | bytes, *, method: str | None = None, **sampling: Any
+    ) -> Iterator[Answer]:
+        """`reconstruct`, one token at a time (see `stream_answer`)."""
+        return self._stream(*self._reconstruction_prompt(context, method, sampling))
+
+    def _question_prompt(self, context, question, method):
+        question = clean_text(question, "question")
+        ctx = self._as_context(context, method)
+        model = self._compressor(ctx.method)  # None for the full context: chat template, no task vector
+        return ctx, question_layout(self.tokenizer, question, task=None if model is None else "FT",
+                                    style=prompt_style(model))
+
+    def _reconstruction_prompt(self, context, method, sampling: dict):
         ctx = self._as_context(context, method)
         if ctx.method == "full":
             raise ValueError("the full-context method keeps the text itself; there is nothing to reconstruct")
-        sampling.setdefault("max_new_tokens", ctx.num_tokens + 16)
+        sampling.setdefault("max_new_tokens", ctx.num_tokens + RECONSTRUCTION_MARGIN)
         layout = reconstruction_layout(self.tokenizer, prompt_style(self._compressor(ctx.method)))
-        return self._generate(ctx, layout, SamplingOptions(**sampling), streamer)
+        return ctx, layout, SamplingOptions(**sampling)
 
-    def _generate(self, ctx: CompressedContext, layout, options: SamplingOptions, streamer) -> Answer:
+    def _inputs(self, ctx: CompressedContext, layout) -> torch.Tensor:
         model = self._compressor(ctx.method)
         task_vector = model.task_embedding(layout.task) if layout.task else None
         vectors = ctx.vectors.to(device=self.device, dtype=self.target.dtype)
-        inputs = assemble(self.target.embed, layout, vectors, task_vector)
-        with self._decoder():
-            ids, timings, memory = generate_from_embeds(
-                self.llm, self.tokenizer, inputs, options, stop_token_ids(self.tokenizer), streamer
-            )
+        return assemble(self.target.embed, layout, vectors, task_vector)
+
+    def _generate(self, ctx: CompressedContext, layout, options: SamplingOptions) -> Answer:
+        inputs = self._inputs(ctx, layout)
+        ids, timings, memory = generate_from_embeds(
+            self.llm, self.tokenizer, inputs, options, stop_token_ids(self.tokenizer), self._decoder
+        )
+        return self._result(ctx, inputs, ids, timings, memory, done=True)
+
+    def _stream(self, ctx: CompressedContext, layout, options: SamplingOptions) -> Iterator[Answer]:
+        options.check()  # a bad option fails at the call, not at the first next()
+        inputs = self._inputs(ctx, layout)
+        steps = stream_from_embeds(self.llm, self.tokenizer, inputs, options, stop_token_ids(self.tokenizer),
+                                   self._decoder)
+        return (self._result(ctx, inputs, s.token_ids, s.timings, s.peak_memory_bytes, done=s.done) for s in steps)
+
+    def _result(self, ctx: CompressedContext, inputs: torch.Tensor, ids: list[int], timings: dict,
+                memory: int | None, *, done: bool) -> Answer:
         compress_s = ctx.timings.get("compress_s", 0.0)
         timings = {"compress_s": compress_s, **timings}
         timings["total_s"] = compress_s + timings["prefill_s"] + timings["decode_s"]
         return Answer(
-            text=self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+            text=decode_text(self.tokenizer, ids).strip(),
             token_ids=ids,
             method=ctx.method,
             timings=timings,
@@ -300,6 +342,7 @@ class ContextCompressor:
             trained=ctx.trained,
             prompt_positions=int(inputs.shape[0]),
             device=str(self.device),
+            done=done,
         )
 
     def _decoder(self):

