@@ -2,14 +2,20 @@
 
 Sections (each resumable, in this order):
 
-* ``qa`` — question answering on a seeded subset of ``eval.jsonl`` for the full context,
-  ICAE, IC-Former and (when its checkpoint exists) IC-Former without pre-training: greedy
-  decoding, ROUGE-1/2/L precision/recall/F1 (paper Table 4) and SQuAD exact match / F1.
+* ``qa`` — question answering on held-out questions (``eval.jsonl``'s tasks, never trained on, and
+  ``instruct_test.jsonl``'s QA rows, contexts never trained on) for the full context, ICAE,
+  IC-Former and (when its checkpoint exists) IC-Former without pre-training, plus two floors:
+  ``none`` (the question alone) and ``<method>-swapped`` (a method's vectors of another context of
+  the same task). Every method gets the same short-answer prompt (``prompts.short_answer_question``),
+  greedy decoding cut at the first line; ROUGE-1/2/L precision/recall/F1 (paper Table 4) and SQuAD
+  exact match / F1, each mean with a bootstrap 95% interval, and each method's paired gain over
+  its floors.
 * ``reconstruction`` — autoencoding quality against context length (paper Fig. 5 / Table 3):
   windows of ``pretrain_valid.jsonl`` in token-length buckets (upper edges 100..500); greedy
-  reconstruction scored by sentence BLEU-4 (averaged) and corpus BLEU-4, plus the teacher-forced
-  cross-entropy of the original tokens given the reconstruction prompt (``[vectors][AE]<bos>`` in
-  the default prompt style, ``prompts.py``).
+  reconstruction capped at ``reconstruction_max_new_tokens``, its prefix scored by sentence BLEU-4
+  (averaged, with intervals) and corpus BLEU-4, plus the teacher-forced cross-entropy of the same
+  original tokens given the reconstruction prompt (``[vectors][AE]<bos>`` in the default prompt
+  style, ``prompts.py``).
 * ``randomness`` — the same at one fixed length (default: the chunk size L) for normal text,
   the same tokens reversed, a patterned sequence (a random start id, then +1 each step) and
   uniformly random ids (paper Table 5).
@@ -23,11 +29,13 @@ reconstruction_by_length.csv, paper_vs_ours.csv, qa_samples.jsonl, meta.json, be
 plus qa_by_task.csv, reconstruction_by_randomness.csv, reconstruction_samples.jsonl and a
 generated README.md. Every table has a ``<stem>.json`` twin. One run per directory at a time.
 
-Resuming: each finished sample is appended to its JSONL at once, tagged with a key of the
-settings that determine it (LLM and compressor weight fingerprints, data file hash, generation
-length, seed). A rerun reuses rows whose id and key match and recomputes every summary from
-the JSONL. Rows of other settings are moved to ``<out>/.cache/`` (git-ignored), where a later
-run with those settings finds them again, so ``--quick`` and the full run can share a folder.
+Resuming: each finished sample is appended to its JSONL at once, tagged with a key of what it
+depends on (the LLM's fingerprint and, for a compressor, its weights', the generation settings;
+the sample's own content is hashed into its id). A rerun reuses rows whose id and key match and
+recomputes every summary from the JSONL, so a new IC-Former checkpoint recomputes only IC-Former's
+rows. Rows of other settings are moved to ``<out>/.cache/`` (git-ignored), where a later run with
+those settings finds them again, so ``--quick`` and the full run can share a folder. Generation is
+batched (``generate_batch``): a CPU decodes a few sequences in little more time than one.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import argparse
 import csv
 import datetime as dt
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -52,7 +61,8 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from .data import sha256_file
-from .prompts import context_prefix_ids, prompt_style
+from .prompts import (Layout, assemble, prompt_style, question_layout, reconstruction_layout,
+                      short_answer_question, stop_token_ids, SHORT_ANSWER_INSTRUCTION)
 from .timing import machine_description, source_commit
 
 # --------------------------------------------------------------------------- the paper's numbers
@@ -151,9 +161,12 @@ SECTIONS = ("qa", "reconstruction", "randomness", "bench")
 RANDOMNESS_KINDS = ("normal", "reversed", "patterned", "random")
 QA_SCORES = ("rouge1_p", "rouge1_r", "rouge1_f", "rouge2_p", "rouge2_r", "rouge2_f",
              "rougeL_p", "rougeL_r", "rougeL_f", "exact_match", "f1")
-TIMING_KEYS = ("compress_s", "prefill_s", "decode_s", "total_s", "new_tokens")
 NO_PRETRAIN = "icformer-no-pretrain"
-FILES = dict(qa_samples="qa_samples.jsonl", rec_samples="reconstruction_samples.jsonl")
+NONE = "none"  # the no-context floor
+SWAPPED = "-swapped"  # suffix of a method's swapped-context floor
+# qa_answers: one row per (question, method or floor), the resumable store; qa_samples: the same grouped
+# per question for the app; reconstruction_samples: one row per (window, method), the store itself.
+FILES = dict(qa_answers="qa_answers.jsonl", qa_samples="qa_samples.jsonl", rec_samples="reconstruction_samples.jsonl")
 # meta.json is shown whole above the app's tables, so the bulky run details go to run.json.
 RUN_DETAILS = ("settings", "samples", "section_seconds", "bench_source", "earlier_invocations")
 # bench/<stem>.csv: not "bench", which `python -m icformer bench --out <results>/bench` writes.
@@ -162,17 +175,23 @@ BENCH_STEM = "evaluate"
 
 @dataclass
 class EvalSettings:
-    """How much to measure. The defaults fill about an hour of 2 shared CPU cores."""
+    """How much to measure. The defaults fill about an hour of one core of a shared 2-core CPU."""
 
-    qa_samples: int = 40  # questions from eval.jsonl (seeded, tasks taken in turn)
-    max_new_tokens: int = 48  # QA generation limit (eval answers are short: 5-10 tokens)
-    qa_max_context_tokens: int = 512  # the paper's setting is a 512-token context
+    qa_samples: int = 300  # questions (seeded, tasks taken in turn)
+    # Held-out QA: eval.jsonl's tasks are never trained on; instruct_test.jsonl's QA rows (its
+    # "continuation" rows are not questions) are of the fine-tuning tasks, on contexts never trained on.
+    qa_files: tuple[str, ...] = ("eval.jsonl", "instruct_test.jsonl")
+    max_new_tokens: int = 12  # QA generation limit; answers stop at their first line anyway
+    qa_max_context_tokens: int = 256  # two IC-Former chunks (the paper: 512 = one chunk of its L)
+    batch_size: int = 8  # prompts decoded together (greedy, left-padded)
     length_buckets: tuple[int, ...] = (100, 200, 300, 400, 500)  # upper edges, tokens
     bucket_width: int = 50  # lengths are drawn from (edge - width, edge]
-    length_samples: int = 2  # windows per bucket
+    length_samples: int = 30  # windows per bucket
     randomness_length: int | None = None  # None: IC-Former's chunk size L (the paper: 512 = its L)
-    randomness_samples: int = 3  # sequences per kind
-    reconstruction_extra_tokens: int = 16  # generate up to num_tokens + this
+    randomness_samples: int = 5  # sequences per kind
+    reconstruction_extra_tokens: int = 16  # generate up to num_tokens + this ...
+    reconstruction_max_new_tokens: int = 40  # ... but at most this many: BLEU and CE score that prefix
+    bootstrap_resamples: int = 1000  # for the 95% intervals
     bench_lengths: tuple[int, ...] = (128, 512, 2048)
     bench_batch_sizes: tuple[int, ...] = (1, 8)
     bench_repeats: int = 3
@@ -185,8 +204,9 @@ class EvalSettings:
     def quick(cls, **overrides: Any) -> "EvalSettings":
         """A few minutes on 2 shared CPU cores: a handful of samples, short generations."""
         values: dict[str, Any] = dict(
-            qa_samples=3, max_new_tokens=16, length_buckets=(100,), length_samples=1,
-            randomness_length=32, randomness_samples=1, bench_quick=True,
+            qa_samples=6, max_new_tokens=8, length_buckets=(100,), length_samples=2,
+            randomness_length=32, randomness_samples=1, reconstruction_max_new_tokens=16,
+            bootstrap_resamples=200, bench_quick=True,
         )
         values.update(overrides)
         return cls(**values)
@@ -267,27 +287,29 @@ def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
 
 
 class SampleStore:
-    """One JSONL of finished samples for one settings key, kept to exactly the planned ids.
+    """One JSONL of finished samples, kept to exactly the planned ids, each id with its own settings key.
 
-    Rows that do not belong (another key, or an id outside the plan) go to
-    ``.cache/<stem>.<key>.jsonl``, and rows of this key found there come back.
+    A key covers only what its sample depends on (say, the LLM alone for the full context), so
+    changing one compressor's weights leaves the other methods' rows in place. Rows that do not
+    belong (another key, or an id outside the plan) go to ``.cache/<stem>.<key>.jsonl``, and rows
+    of a planned key found there come back.
     """
 
-    def __init__(self, path: Path, key: str, planned: Sequence[str]) -> None:
-        self.path, self.key, self.planned = path, key, list(planned)
+    def __init__(self, path: Path, planned: dict[str, str]) -> None:
+        self.path, self.planned = path, dict(planned)
         self.cache_dir = path.parent / ".cache"
-        wanted = set(self.planned)
         found: dict[str, dict] = {}
         elsewhere: dict[str, list[dict]] = defaultdict(list)
-        mine_cached = self._cache_path(key)
-        for row in _read_jsonl_rows(mine_cached) + _read_jsonl_rows(path):
-            if row.get("config") == key and row["id"] in wanted:
+        mine_cached = [self._cache_path(key) for key in sorted(set(self.planned.values()))]
+        for row in [r for p in mine_cached for r in _read_jsonl_rows(p)] + _read_jsonl_rows(path):
+            if self.planned.get(row["id"]) == row.get("config"):
                 found[row["id"]] = row
             else:
                 elsewhere[str(row.get("config"))].append(row)
-        mine_cached.unlink(missing_ok=True)
+        for cached in mine_cached:
+            cached.unlink(missing_ok=True)
         for other_key, rows in elsewhere.items():
-            self._stash(other_key, rows)
+            self._stash(other_key, [r for r in rows if r["id"] not in found])
         self.rows = found
         self.rewrite()
 
@@ -295,6 +317,8 @@ class SampleStore:
         return self.cache_dir / f"{self.path.stem}.{key}.jsonl"
 
     def _stash(self, key: str, rows: list[dict]) -> None:
+        if not rows:
+            return
         path = self._cache_path(key)
         merged = {r["id"]: r for r in _read_jsonl_rows(path) + rows}
         _write_jsonl(path, merged.values())
@@ -303,7 +327,7 @@ class SampleStore:
         return sample_id in self.rows
 
     def add(self, row: dict) -> None:
-        row = {**row, "config": self.key}
+        row = {**row, "config": self.planned[row["id"]]}
         self.rows[row["id"]] = row
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -398,28 +422,77 @@ def build_methods(cc, no_pretrain=None) -> dict[str, Method]:
     return methods
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A row of the QA tables: a method reading its own sample's context, or a no-information floor.
+
+    `reads` is "own" (the method itself), "nothing" (`none`: the question alone, in the full
+    context's prompt) or "partner" (`<method>-swapped`: the method's vectors of another context
+    of the same task). A method's score minus its floors is what its vectors contribute.
+    """
+
+    label: str
+    method: Method
+    reads: str
+
+    @property
+    def kind(self) -> str:
+        return "method" if self.reads == "own" else "floor"
+
+
+def build_variants(methods: dict[str, Method]) -> list[Variant]:
+    own = [Variant(label, m, "own") for label, m in methods.items()]
+    floors = [Variant(NONE, methods["full"], "nothing")]
+    floors += [Variant(label + SWAPPED, m, "partner") for label, m in methods.items() if m.model is not None]
+    return own + floors
+
+
 # --------------------------------------------------------------------------- data
 
 
-def select_questions(rows: list[dict], n: int, *, seed: int, accept: Callable[[dict], bool]) -> list[dict]:
-    """`n` rows: a seeded shuffle, taking the tasks in turn; a smaller n is a prefix of a larger one."""
+def select_questions(rows: list[dict], n: int, *, seed: int,
+                     accept: Callable[[dict], bool]) -> list[tuple[dict, dict | None]]:
+    """`n` (question, partner) pairs: a seeded shuffle, taking the tasks in turn; a smaller n is a prefix.
+
+    A question's partner is the next accepted row of its task's shuffle with another context: the
+    `swapped` floor answers the question from the partner's compressed context. None when the task
+    has no other context.
+    """
     by_task: dict[str, list[dict]] = defaultdict(list)
     for row in sorted(rows, key=lambda r: str(r["id"])):
         by_task[str(row.get("task", "all"))].append(row)
     for task, group in by_task.items():
         random.Random(f"{seed}:qa:{task}").shuffle(group)
-    queues = [iter(by_task[t]) for t in sorted(by_task)]
+
+    verdicts: dict[int, bool] = {}
+
+    def fits(row: dict) -> bool:  # accept() may tokenise: once per row
+        if id(row) not in verdicts:
+            verdicts[id(row)] = accept(row)
+        return verdicts[id(row)]
+
+    queues = {t: (r for r in by_task[t] if fits(r)) for t in sorted(by_task)}
     chosen: list[dict] = []
     while len(chosen) < n and queues:
-        for queue in list(queues):
+        for task in list(queues):
             if len(chosen) >= n:
                 break
-            row = next((r for r in queue if accept(r)), None)
+            row = next(queues[task], None)
             if row is None:
-                queues.remove(queue)
+                del queues[task]
             else:
                 chosen.append(row)
-    return chosen
+    position = {id(r): i for group in by_task.values() for i, r in enumerate(group)}
+    pairs = []
+    for row in chosen:
+        group, start, context = by_task[str(row.get("task", "all"))], position[id(row)], _normalised(row["input"])
+        following = (group[(start + j) % len(group)] for j in range(1, len(group)))
+        pairs.append((row, next((r for r in following if _normalised(r["input"]) != context and fits(r)), None)))
+    return pairs
+
+
+def _normalised(text: str) -> str:
+    return " ".join(str(text).split()).lower()
 
 
 class TextSource:
@@ -467,57 +540,85 @@ def randomness_ids(kind: str, length: int, rng: random.Random, text: TextSource,
     raise ValueError(f"unknown randomness kind {kind!r}; choose from {RANDOMNESS_KINDS}")
 
 
+# --------------------------------------------------------------------------- batched greedy decoding
+
+
+class _FirstLine:
+    """A stopping criterion: a sequence is done once its text, past leading blanks, has a line break."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **_: Any) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids, skip_special_tokens=True)
+        return torch.tensor(["\n" in t.lstrip() for t in texts], dtype=torch.bool, device=input_ids.device)
+
+
+@torch.no_grad()
+def generate_batch(cc, items: Sequence[tuple[Any, Layout, torch.Tensor]], max_new_tokens: int, *,
+                   first_line: bool = False) -> list[tuple[list[int], str]]:
+    """Greedy answers to several prompts in one left-padded batch: (new token ids, text) each.
+
+    `items` are (compressor model or None, layout, vectors): the inputs `ContextCompressor.answer`
+    and `.reconstruct` build, decoded together because a CPU decodes 8 sequences in about a third
+    of the time of 8 one by one. `first_line` stops a sequence at its first line break and keeps
+    only that line (the short-answer protocol).
+    """
+    from transformers import GenerationConfig, StoppingCriteriaList
+
+    target, tokenizer = cc.target, cc.tokenizer
+    embeds = [
+        assemble(target.embed, layout, vectors.to(device=target.device, dtype=target.dtype),
+                 model.task_embedding(layout.task) if layout.task else None)
+        for model, layout, vectors in items
+    ]
+    width = max(e.shape[0] for e in embeds)
+    batch = torch.zeros(len(embeds), width, embeds[0].shape[1], dtype=cc.llm.dtype, device=target.device)
+    mask = torch.zeros(len(embeds), width, dtype=torch.long, device=target.device)
+    for i, e in enumerate(embeds):  # left padding: every prompt ends where generation starts
+        batch[i, width - e.shape[0]:] = e
+        mask[i, width - e.shape[0]:] = 1
+    stops = stop_token_ids(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=pad)
+    criteria = StoppingCriteriaList([_FirstLine(tokenizer)]) if first_line else None
+    with cc._decoder():
+        out = cc.llm.generate(inputs_embeds=batch, attention_mask=mask, generation_config=config,
+                              stopping_criteria=criteria)
+    results = []
+    for row in out.tolist():
+        ids = list(itertools.takewhile(lambda t: t not in stops, row))
+        text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        results.append((ids, text.split("\n")[0].strip() if first_line else text))
+    return results
+
+
 # --------------------------------------------------------------------------- measuring one sample
 
 
 @torch.no_grad()
-def compress_ids(method: Method, ids: list[int]):
-    """A CompressedContext of exact token ids (random sequences do not survive decode/encode)."""
+def encode_timed(method: Method, ids: list[int]) -> tuple[torch.Tensor, float]:
+    """The vectors the LLM reads for exact token ids (random sequences do not survive decode/encode)."""
     from .compressor import encode
-    from .context import VERSION, CompressedContext
     from .timing import now
 
-    cc, model = method.cc, method.model
-    start = now(cc.device)
-    vectors = encode(model, cc.target, [ids])[0]
-    seconds = now(cc.device) - start
-    metadata = dict(
-        method=method.method, llm=cc.target.name, llm_hash=cc.target.fingerprint, hidden_size=cc.target.hidden_size,
-        k=method.k, L=method.L, num_chunks=len(vectors) // method.k, num_tokens=len(ids),
-        version=VERSION, trained=method.trained, device=str(cc.device), batch_size=1,
-    )
-    return CompressedContext(vectors=vectors, metadata=metadata, timings={"compress_s": seconds})
+    start = now(method.cc.device)
+    vectors = encode(method.model, method.cc.target, [ids])[0]
+    return vectors, now(method.cc.device) - start
 
 
 @torch.no_grad()
-def reconstruction_ce(method: Method, ids: list[int]) -> float:
-    """Mean token cross-entropy (nats) of `ids` + EOS given the method's reconstruction prompt
-    ([vectors][AE]<bos> in the default style), teacher-forced."""
+def reconstruction_ce(method: Method, ids: list[int], scored: int) -> float:
+    """Mean token cross-entropy (nats) of the first `scored` tokens of `ids` (+ EOS when that is all
+    of them) given the method's reconstruction prompt ([vectors][AE]<bos> in the default style),
+    teacher-forced, the compressor reading all of `ids`."""
     from .objectives import CompressionObjective, autoencoding_example
 
-    objective = CompressionObjective(method.model, method.cc.target)
-    loss, _ = objective([autoencoding_example(method.cc.tokenizer, ids, prompt_style(method.model))])
+    example = autoencoding_example(method.cc.tokenizer, ids, prompt_style(method.model))
+    if scored < len(ids):
+        example = replace(example, target_ids=list(ids[:scored]))
+    loss, _ = CompressionObjective(method.model, method.cc.target)([example])
     return float(loss)
-
-
-def reconstruct_sample(method: Method, ids: list[int], extra_tokens: int) -> tuple[dict[str, Any], str]:
-    """(scores, text and timings of one method's reconstruction of `ids`; the reference text)."""
-    from .metrics import sentence_bleu
-
-    tokenizer = method.cc.tokenizer
-    reference = tokenizer.decode(ids, skip_special_tokens=True).strip()
-    ctx = compress_ids(method, ids)
-    answer = method.cc.reconstruct(ctx, max_new_tokens=len(ids) + extra_tokens)
-    matches = sum(a == b for a, b in zip(answer.token_ids, ids))
-    return dict(
-        text=answer.text,
-        bleu=sentence_bleu(answer.text, reference),
-        ce=reconstruction_ce(method, ids),
-        token_accuracy=matches / len(ids),
-        num_vectors=ctx.num_vectors,
-        trained=method.trained,
-        timings={k: answer.timings.get(k) for k in TIMING_KEYS},
-    ), reference
 
 
 def qa_scores(prediction: str, references: list[str]) -> dict[str, float]:
@@ -534,36 +635,66 @@ def qa_scores(prediction: str, references: list[str]) -> dict[str, float]:
 # --------------------------------------------------------------------------- summaries
 
 
-def summarise_qa(rows: list[dict], methods: dict[str, Method], by: str | None) -> list[dict]:
-    """One row per (dataset, method): mean scores and timings; dataset "all" when `by` is None."""
+def _with_interval(summary: dict[str, Any], name: str, values: list[float], resamples: int, seed: int) -> None:
+    """`summary[name]` = the mean of `values`, and `name_lo` / `name_hi` its bootstrap 95% interval."""
+    from .metrics import bootstrap_ci
+
+    kept = [float(v) for v in values if v is not None]
+    summary[name] = _mean(kept)
+    summary[f"{name}_lo"], summary[f"{name}_hi"] = bootstrap_ci(kept, resamples=resamples, seed=seed)
+
+
+def summarise_qa(samples: list[dict], variants: Sequence[Variant], by: str | None, *, resamples: int,
+                 seed: int) -> list[dict]:
+    """One row per (dataset, method or floor): mean scores with intervals, and each method's paired
+    gain over its floors (`f1_over_none`: per question, its F1 minus the `none` F1, averaged)."""
     groups: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        groups["all" if by is None else str(row.get(by, "all"))].append(row)
+    for sample in samples:
+        groups["all" if by is None else str(sample.get(by, "all"))].append(sample)
     out = []
     for dataset in sorted(groups):
-        for label in _ordered_labels({m for r in groups[dataset] for m in r["answers"]}):
-            answers = [r["answers"][label] for r in groups[dataset] if label in r["answers"]]
-            method = methods.get(label)
-            summary: dict[str, Any] = dict(method=label, dataset=dataset)
-            summary.update({s: _mean(a.get(s) for a in answers) for s in QA_SCORES})
+        group = groups[dataset]
+        for variant in variants:
+            mine = [s for s in group if variant.label in s["answers"]]
+            if not mine:
+                continue
+            answers = [s["answers"][variant.label] for s in mine]
+            summary: dict[str, Any] = dict(method=variant.label, dataset=dataset, kind=variant.kind, n=len(answers))
+            for score in QA_SCORES:
+                _with_interval(summary, score, [a.get(score) for a in answers], resamples, seed)
+            if variant.kind == "method":
+                for floor, name in ((NONE, "none"), (variant.label + SWAPPED, "swapped")):
+                    for score in SIGNAL_SCORES:
+                        gains = [s["answers"][variant.label][score] - s["answers"][floor][score]
+                                 for s in mine if floor in s["answers"]]
+                        _with_interval(summary, f"{score}_over_{name}", gains, resamples, seed)
             summary.update(
-                n=len(answers),
                 num_vectors=_mean(a.get("num_vectors") for a in answers),
-                k=method.k if method else None,
-                mean_context_tokens=_mean(r.get("num_tokens") for r in groups[dataset] if label in r["answers"]),
-                trained=answers[0].get("trained") if answers else None,
+                k=variant.method.k,
+                mean_context_tokens=_mean(s.get("num_tokens") for s in mine),
+                trained=answers[0].get("trained"),
+                compress_s=_mean(a.get("timings", {}).get("compress_s") for a in answers),
+                new_tokens=_mean(a.get("timings", {}).get("new_tokens") for a in answers),
             )
-            summary.update({t: _mean(a.get("timings", {}).get(t) for a in answers) for t in TIMING_KEYS})
             out.append(summary)
     return out
 
 
-QA_COLUMNS = ("method", "dataset", *QA_SCORES, "n", "num_vectors", "k", "mean_context_tokens", "trained", *TIMING_KEYS)
-REC_COLUMNS = ("method", "length_bucket", "bleu", "corpus_bleu", "ce", "token_accuracy", "n", "num_vectors",
-               "mean_tokens", "trained", "compress_s", "decode_s")
-RAND_COLUMNS = ("method", "kind", "length", "bleu", "corpus_bleu", "ce", "token_accuracy", "n", "num_vectors",
-                "trained", "compress_s", "decode_s")
-PVO_COLUMNS = ("table", "setting", "metric", "paper", "ours", "note", "trained")
+def _triple(name: str) -> tuple[str, str, str]:
+    return name, f"{name}_lo", f"{name}_hi"
+
+
+SIGNAL_SCORES = ("f1", "rougeL_f")
+SIGNAL_COLUMNS = tuple(c for score in SIGNAL_SCORES for floor in ("none", "swapped")
+                       for c in _triple(f"{score}_over_{floor}"))
+QA_COLUMNS = ("method", "dataset", "kind", "n", *(c for s in QA_SCORES for c in _triple(s)), *SIGNAL_COLUMNS,
+              "num_vectors", "k", "mean_context_tokens", "trained", "compress_s", "new_tokens")
+_REC_SCORES = (*_triple("bleu"), "corpus_bleu", *_triple("ce"), *_triple("token_accuracy"))
+REC_COLUMNS = ("method", "length_bucket", *_REC_SCORES, "n", "num_vectors", "mean_tokens", "scored_tokens",
+               "trained", "compress_s")
+RAND_COLUMNS = ("method", "kind", "length", *_REC_SCORES, "n", "num_vectors", "scored_tokens", "trained",
+                "compress_s")
+PVO_COLUMNS = ("table", "setting", "metric", "paper", "ours", "ours_lo", "ours_hi", "note", "trained")
 ATTENTION_COLUMNS = ("method", "layer", "n", "order_correlation", "in_order", "window_mass", "uniform_window_mass",
                      "context_mass", "trained")
 TABLE_COLUMNS = dict(qa_summary=QA_COLUMNS, qa_by_task=QA_COLUMNS, reconstruction_by_length=REC_COLUMNS,
@@ -579,55 +710,62 @@ def _ordered_labels(labels: Iterable[str]) -> list[str]:
     return first + sorted(m for m in labels if m not in first)
 
 
-def summarise_reconstruction(rows: list[dict], group: str, column: str | None = None) -> list[dict]:
-    """Per (method, `group` value, shown as `column`): averaged sentence BLEU, corpus BLEU, CE, token accuracy."""
+def summarise_reconstruction(rows: list[dict], group: str, column: str | None = None, *, resamples: int,
+                             seed: int) -> list[dict]:
+    """Per (method, `group` value, shown as `column`): mean sentence BLEU, CE and token accuracy with
+    intervals, and corpus BLEU, of one row per (window, method)."""
     from .metrics import bleu_score
 
-    groups: dict[tuple[str, Any], list[tuple[dict, dict]]] = defaultdict(list)
+    groups: dict[tuple[str, Any], list[dict]] = defaultdict(list)
     for row in rows:
-        for label, result in row["results"].items():
-            groups[(label, row[group])].append((row, result))
+        groups[(row["method"], row[group])].append(row)
     order = {label: i for i, label in enumerate(_ordered_labels({g[0] for g in groups}))}
     kinds = {k: i for i, k in enumerate(RANDOMNESS_KINDS)}
     out = []
-    def rank(item):
-        (label, value), _ = item
-        return order[label], kinds.get(value, value)
-
-    for (label, value), pairs in sorted(groups.items(), key=rank):
-        results = [r for _, r in pairs]
-        summary: dict[str, Any] = {"method": label, column or group: value, "length": pairs[0][0]["num_tokens"]}
+    for (label, value), results in sorted(groups.items(), key=lambda item: (order[item[0][0]],
+                                                                             kinds.get(item[0][1], item[0][1]))):
+        summary: dict[str, Any] = {"method": label, column or group: value, "length": results[0]["num_tokens"]}
+        for score in ("bleu", "ce", "token_accuracy"):
+            _with_interval(summary, score, [r.get(score) for r in results], resamples, seed)
         summary.update(
-            bleu=_mean(r["bleu"] for r in results),
-            corpus_bleu=bleu_score([r["text"] for r in results], [row["reference"] for row, _ in pairs]),
-            ce=_mean(r.get("ce") for r in results),
-            token_accuracy=_mean(r.get("token_accuracy") for r in results),
+            corpus_bleu=bleu_score([r["text"] for r in results], [r["reference"] for r in results]),
             n=len(results),
             num_vectors=_mean(r.get("num_vectors") for r in results),
-            mean_tokens=_mean(row["num_tokens"] for row, _ in pairs),
+            mean_tokens=_mean(r["num_tokens"] for r in results),
+            scored_tokens=_mean(r.get("scored_tokens") for r in results),
             trained=results[0].get("trained"),
-            compress_s=_mean(r.get("timings", {}).get("compress_s") for r in results),
-            decode_s=_mean(r.get("timings", {}).get("decode_s") for r in results),
+            compress_s=_mean(r.get("compress_s") for r in results),
         )
         out.append(summary)
     return out
 
 
-def _our_numbers(qa: list[dict], rec: list[dict], rand: list[dict], bench: list[dict], flops: dict[str, float]) -> dict:
+def _our_numbers(qa: list[dict], rec: list[dict], rand: list[dict], bench: list[dict], flops: dict[str, float],
+                 samples: list[dict], *, resamples: int, seed: int) -> tuple[dict, dict]:
+    """(ours: key -> value, intervals: key -> (low, high)) for the keys of PAPER_NUMBERS."""
+    from .metrics import bootstrap_ratio_ci
+
     ours: dict[str, float] = dict(flops)
+    intervals: dict[str, tuple] = {}
     for row in qa:
         for metric in QA_SCORES:
             if row.get(metric) is not None:
                 ours[f"qa:{row['method']}:{metric}"] = row[metric]
+                intervals[f"qa:{row['method']}:{metric}"] = (row.get(f"{metric}_lo"), row.get(f"{metric}_hi"))
     for a, b in (("icformer", "icae"), ("icformer", "full")):
         for metric in ("rouge1_f", "rouge2_f", "rougeL_f"):
             x, y = ours.get(f"qa:{a}:{metric}"), ours.get(f"qa:{b}:{metric}")
             if x is not None and y:
-                ours[f"qa-ratio:{a}:{b}:{metric}"] = x / y
-    for row in rec:
-        ours[f"rec:{row['method']}:{row['length_bucket']}"] = row["bleu"]
-    for row in rand:
-        ours[f"rand:{row['method']}:{row['kind']}"] = row["bleu"]
+                key = f"qa-ratio:{a}:{b}:{metric}"
+                ours[key] = x / y
+                pairs = [(s["answers"][a][metric], s["answers"][b][metric]) for s in samples
+                         if a in s["answers"] and b in s["answers"]]
+                intervals[key] = bootstrap_ratio_ci([p[0] for p in pairs], [p[1] for p in pairs],
+                                                    resamples=resamples, seed=seed)
+    for prefix, rows, group in (("rec", rec, "length_bucket"), ("rand", rand, "kind")):
+        for row in rows:
+            key = f"{prefix}:{row['method']}:{row[group]}"
+            ours[key], intervals[key] = row["bleu"], (row.get("bleu_lo"), row.get("bleu_hi"))
     memory: dict[str, list[float]] = defaultdict(list)
     for row in bench:
         prefix = f"bench:{row['batch_size']}x{row['length']}:{row['method']}"
@@ -638,10 +776,14 @@ def _our_numbers(qa: list[dict], rec: list[dict], rand: list[dict], bench: list[
             memory[row["method"]].append(float(row["memory_bytes"]) / 1e9)
     for method, values in memory.items():
         ours[f"memory:{method}:min"], ours[f"memory:{method}:max"] = min(values), max(values)
-    return ours
+    return ours, intervals
 
 
-def paper_vs_ours(ours: dict[str, float], notes: dict[str, str], trained: dict[str, bool]) -> list[dict]:
+def paper_vs_ours(ours: dict[str, float], notes: dict[str, str], trained: dict[str, bool],
+                  intervals: dict[str, tuple] | None = None) -> list[dict]:
+    """PAPER_NUMBERS beside ours; `ours_lo`/`ours_hi` are bootstrap intervals of our quality means
+    (speed, FLOPs and memory are single measurements or formulas: none)."""
+    intervals = intervals or {}
     rows = []
     for table, setting, metric, paper, key, depends in PAPER_NUMBERS:
         value = ours.get(key) if key else None
@@ -653,8 +795,9 @@ def paper_vs_ours(ours: dict[str, float], notes: dict[str, str], trained: dict[s
             note = notes.get(f"{table}:missing", "not measured in this run")
         else:
             note = notes.get(table, "") + ("; random weights (untrained)" if is_trained is False else "")
-        rows.append(dict(table=table, setting=setting, metric=metric, paper=paper, ours=value, note=note,
-                         trained=is_trained))
+        low, high = intervals.get(key, (None, None)) if value is not None else (None, None)
+        rows.append(dict(table=table, setting=setting, metric=metric, paper=paper, ours=value, ours_lo=low,
+                         ours_hi=high, note=note, trained=is_trained))
     return rows
 
 
@@ -691,7 +834,12 @@ class _Evaluation:
                  command: str, progress: bool, mode: str) -> None:
         self.cc, self.out, self.data_dir, self.s, self.mode = cc, out_dir, data_dir, settings, mode
         self.methods, self.command, self.progress = methods, command, progress
+        self.variants = build_variants(methods)
         self.rec_methods = {k: m for k, m in methods.items() if k in ("icformer", "icae")}
+        self._written = 0.0  # when the summaries were last written
+        self._attention: list[dict] | None = None
+        self._compressed: dict[tuple[str, str], tuple[torch.Tensor, float]] = {}
+        self._windows: dict[str, list[int]] = {}
         self.started = time.time()
         self.seconds: dict[str, float] = {}
         self.counts: dict[str, str] = {}
@@ -704,8 +852,8 @@ class _Evaluation:
         self.source = source_commit()  # before this run writes its outputs, which may be tracked files
         self._fingerprints = {label: m.fingerprint() for label, m in methods.items()}
         self.qa_store: SampleStore | None = None
-        self.qa_chosen: list[dict] = []
-        self.qa_lengths: dict[str, int] = {}
+        self.questions: list[dict] = []
+        self.qa_plan: list[tuple[str, dict, Variant]] = []
         self.rec_store: SampleStore | None = None
         self.rec_plan: list = []
 
@@ -736,50 +884,108 @@ class _Evaluation:
 
     # --- question answering
     def open_qa(self) -> None:
-        """Choose the questions and open their store (finished rows are reused)."""
+        """Choose the questions and their partners, plan every (question, method or floor) and open the store."""
         from .data import read_jsonl
 
-        path = self.data("eval.jsonl")
-        key = _key(dict(section="qa", llm=self.cc.target.fingerprint, models=self._fingerprints,
-                        max_new_tokens=self.s.max_new_tokens, data=sha256_file(path)))
-        limit = self.s.qa_max_context_tokens
+        files = [self.data_dir / name for name in self.s.qa_files if (self.data_dir / name).is_file()]
+        if not files:
+            self.data(self.s.qa_files[0])  # raises, naming the command that writes it
+        rows = [r for path in files for r in read_jsonl(path)
+                if r.get("task") != "continuation" and r.get("prompt") and r.get("answer") is not None]
+        lengths: dict[str, int] = {}
 
         def fits(row: dict) -> bool:
             try:
-                self.qa_lengths[str(row["id"])] = len(self.cc.tokenize(row["input"]))
+                lengths[str(row["id"])] = len(self.cc.tokenize(row["input"]))
             except ValueError:
                 return False
-            return self.qa_lengths[str(row["id"])] <= limit
+            return lengths[str(row["id"])] <= self.s.qa_max_context_tokens
 
-        self.qa_chosen = select_questions(read_jsonl(path), self.s.qa_samples, seed=self.s.seed, accept=fits)
-        self.qa_store = SampleStore(self.out / FILES["qa_samples"], key, [str(r["id"]) for r in self.qa_chosen])
+        self.questions = []
+        for row, partner in select_questions(rows, self.s.qa_samples, seed=self.s.seed, accept=fits):
+            self.questions.append(dict(
+                id=str(row["id"]), dataset=str(row.get("task", "all")), context=row["input"], question=row["prompt"],
+                reference=str(row["answer"]), references=[str(a) for a in (row.get("answers") or [row["answer"]])],
+                num_tokens=lengths[str(row["id"])], partner=None if partner is None else dict(
+                    id=str(partner["id"]), context=partner["input"]),
+            ))
+        self.qa_plan = []
+        planned: dict[str, str] = {}
+        for variant in self.variants:
+            key = _key(dict(section="qa", llm=self.cc.target.fingerprint, model=self._fingerprints[variant.method.label],
+                            reads=variant.reads, max_new_tokens=self.s.max_new_tokens,
+                            instruction=SHORT_ANSWER_INSTRUCTION, stop="first line"))
+            for q in self.questions:
+                read = self._qa_context(variant, q)
+                if read is None:
+                    continue  # no partner: no swapped floor for this question
+                sample_id = f"{q['id']}|{variant.label}|" + _key(dict(read=read, question=q["question"],
+                                                                       references=q["references"]))[:8]
+                self.qa_plan.append((sample_id, q, variant))
+                planned[sample_id] = key
+        order = {q["id"]: i for i, q in enumerate(self.questions)}
+        self.qa_plan.sort(key=lambda p: order[p[1]["id"]])
+        self.qa_store = SampleStore(self.out / FILES["qa_answers"], dict(sorted(planned.items(),
+                                                                                key=lambda kv: order[kv[0].split("|")[0]])))
+
+    @staticmethod
+    def _qa_context(variant: Variant, question: dict) -> str | None:
+        """The text a variant's LLM reads for `question` ("" for none; None: nothing to read)."""
+        if variant.reads == "own":
+            return question["context"]
+        if variant.reads == "partner":
+            return question["partner"] and question["partner"]["context"]
+        return ""
+
+    def _vectors_for(self, method: Method, text: str) -> tuple[torch.Tensor, float]:
+        """Vectors of `text` by `method` (compressed once per run: a context is also another's partner)."""
+        if method.model is None:
+            return encode_timed(method, self.cc.tokenize(text)) if text else (self.cc.target.embed(
+                torch.zeros(0, dtype=torch.long, device=self.cc.device)), 0.0)
+        cache_key = (method.label, text)
+        if cache_key not in self._compressed:
+            self._compressed[cache_key] = encode_timed(method, self.cc.tokenize(text))
+        return self._compressed[cache_key]
 
     def run_qa(self) -> None:
-        chosen, store = self.qa_chosen, self.qa_store
-        todo = [r for r in chosen if str(r["id"]) not in store]
-        self.counts["qa"] = f"{len(chosen)} questions ({len(chosen) - len(todo)} reused)"
-        with self.bar(len(chosen), "qa") as bar:
-            bar.update(len(chosen) - len(todo))
-            for row in todo:
-                sample_id = str(row["id"])
-                references = [str(a) for a in (row.get("answers") or [row["answer"]])]
-                answers = {}
-                for label, method in self.methods.items():
-                    answer = method.cc.answer(row["input"], row["prompt"], method=method.method,
-                                              max_new_tokens=self.s.max_new_tokens)
-                    answers[label] = dict(
-                        text=answer.text, **qa_scores(answer.text, references),
-                        num_vectors=_vectors(method, self.qa_lengths[sample_id]),
-                        trained=method.trained,
-                        timings={k: answer.timings.get(k) for k in (*TIMING_KEYS, "tokens_per_s")},
-                    )
-                store.add(dict(
-                    id=sample_id, dataset=str(row.get("task", "all")), context=row["input"],
-                    question=row["prompt"], reference=str(row["answer"]), references=references,
-                    num_tokens=self.qa_lengths[sample_id], answers=answers,
-                ))
-                bar.update(1)
-                self.write_summaries()
+        store, size = self.qa_store, self.s.batch_size
+        todo = [p for p in self.qa_plan if p[0] not in store]
+        self.counts["qa"] = (f"{len(self.questions)} questions x {len(self.variants)} methods and floors: "
+                             f"{len(self.qa_plan)} answers ({len(self.qa_plan) - len(todo)} reused)")
+        with self.bar(len(self.qa_plan), "qa") as bar:
+            bar.update(len(self.qa_plan) - len(todo))
+            for variant in self.variants:
+                # Similar lengths decode together: less padding.
+                jobs = sorted((p for p in todo if p[2] is variant), key=lambda p: p[1]["num_tokens"])
+                model = variant.method.model
+                for start in range(0, len(jobs), size):
+                    chunk = jobs[start:start + size]
+                    inputs = [self._vectors_for(variant.method, self._qa_context(variant, q)) for _, q, _ in chunk]
+                    layouts = [question_layout(self.cc.tokenizer, short_answer_question(q["question"]),
+                                               task=None if model is None else "FT", style=prompt_style(model))
+                               for _, q, _ in chunk]
+                    outputs = generate_batch(self.cc, [(model, layout, vectors) for layout, (vectors, _) in
+                                                       zip(layouts, inputs)], self.s.max_new_tokens, first_line=True)
+                    for (sample_id, q, _), (vectors, seconds), (ids, text) in zip(chunk, inputs, outputs):
+                        store.add(dict(id=sample_id, question_id=q["id"], variant=variant.label, kind=variant.kind,
+                                       text=text, **qa_scores(text, q["references"]), num_vectors=len(vectors),
+                                       trained=variant.method.trained,
+                                       timings=dict(compress_s=seconds if model is not None else 0.0,
+                                                    new_tokens=len(ids))))
+                    bar.update(len(chunk))
+                    self.write_summaries(every=60)
+
+    def qa_samples(self) -> list[dict]:
+        """One row per question with every answer (qa_samples.jsonl, the app's per-sample browser)."""
+        answers: dict[str, dict[str, dict]] = defaultdict(dict)
+        for row in (self.qa_store.ordered() if self.qa_store else []):
+            answers[row["question_id"]][row["variant"]] = {
+                k: v for k, v in row.items() if k not in ("id", "question_id", "variant", "config")}
+        labels = [v.label for v in self.variants]
+        return [dict({k: v for k, v in q.items() if k != "partner"},
+                     partner=q["partner"] and q["partner"]["id"],
+                     answers={label: answers[q["id"]][label] for label in labels if label in answers[q["id"]]})
+                for q in self.questions if answers[q["id"]]]
 
     # --- reconstruction
     def _plan(self) -> list[tuple[str, dict, Callable[[], list[int]]]]:
@@ -803,30 +1009,57 @@ class _Evaluation:
         return plan
 
     def open_reconstruction(self) -> None:
-        key = _key(dict(section="reconstruction", llm=self.cc.target.fingerprint,
-                        models={k: self._fingerprints[k] for k in self.rec_methods},
-                        extra=self.s.reconstruction_extra_tokens, width=self.s.bucket_width, seed=self.s.seed,
-                        data=sha256_file(self.data("pretrain_valid.jsonl"))))
+        data = sha256_file(self.data("pretrain_valid.jsonl"))
+        keys = {label: _key(dict(section="reconstruction", llm=self.cc.target.fingerprint,
+                                 model=self._fingerprints[label], extra=self.s.reconstruction_extra_tokens,
+                                 cap=self.s.reconstruction_max_new_tokens, width=self.s.bucket_width,
+                                 seed=self.s.seed, data=data))
+                for label in self.rec_methods}
         self.rec_plan = self._plan()
-        self.rec_store = SampleStore(self.out / FILES["rec_samples"], key, [p[0] for p in self.rec_plan])
+        planned = {f"{window}|{label}": keys[label] for window, _, _ in self.rec_plan for label in self.rec_methods}
+        self.rec_store = SampleStore(self.out / FILES["rec_samples"], planned)
+
+    def window_ids(self, window: str, make: Callable[[], list[int]]) -> list[int]:
+        if window not in self._windows:
+            self._windows[window] = make()
+        return self._windows[window]
 
     def run_reconstruction(self, kind: str) -> None:
-        """Reconstruct the planned samples of `kind` ("length" or "randomness") not yet in the store."""
+        """Reconstruct the planned windows of `kind` ("length" or "randomness") not yet in the store."""
+        from .metrics import sentence_bleu
+
         plan = [p for p in self.rec_plan if p[1]["kind"] == kind]
-        store = self.rec_store
-        todo = [p for p in plan if p[0] not in store]
+        store, tokenizer, cap = self.rec_store, self.cc.tokenizer, self.s.reconstruction_max_new_tokens
+        todo = [(window, fields, make, label) for window, fields, make in plan for label in self.rec_methods
+                if f"{window}|{label}" not in store]
+        total = len(plan) * len(self.rec_methods)
         section = "reconstruction" if kind == "length" else "randomness"
-        self.counts[section] = f"{len(plan)} sequences ({len(plan) - len(todo)} reused)"
-        with self.bar(len(plan), section) as bar:
-            bar.update(len(plan) - len(todo))
-            for sample_id, fields, make in todo:
-                ids = make()
-                results, reference = {}, ""
-                for label, method in self.rec_methods.items():
-                    results[label], reference = reconstruct_sample(method, ids, self.s.reconstruction_extra_tokens)
-                store.add(dict(id=sample_id, **fields, num_tokens=len(ids), reference=reference, results=results))
-                bar.update(1)
-                self.write_summaries()
+        self.counts[section] = f"{len(plan)} sequences x {len(self.rec_methods)} methods ({total - len(todo)} reused)"
+        with self.bar(total, section) as bar:
+            bar.update(total - len(todo))
+            for label, method in self.rec_methods.items():
+                jobs = sorted(((w, f, self.window_ids(w, m)) for w, f, m, lab in todo if lab == label),
+                              key=lambda job: len(job[2]))
+                layout = reconstruction_layout(tokenizer, prompt_style(method.model))
+                for start in range(0, len(jobs), self.s.batch_size):
+                    chunk = jobs[start:start + self.s.batch_size]
+                    limits = [min(len(ids) + self.s.reconstruction_extra_tokens, cap) for _, _, ids in chunk]
+                    encoded = [encode_timed(method, ids) for _, _, ids in chunk]
+                    outputs = generate_batch(self.cc, [(method.model, layout, v) for v, _ in encoded], max(limits))
+                    for (window, fields, ids), (vectors, seconds), (out_ids, _), limit in zip(
+                            chunk, encoded, outputs, limits):
+                        scored, out_ids = min(len(ids), cap), out_ids[:limit]  # greedy: a shorter limit is a prefix
+                        reference = tokenizer.decode(ids[:scored], skip_special_tokens=True).strip()
+                        text = tokenizer.decode(out_ids, skip_special_tokens=True).strip()
+                        store.add(dict(
+                            id=f"{window}|{label}", window=window, method=label, **fields, num_tokens=len(ids),
+                            scored_tokens=scored, reference=reference, text=text, bleu=sentence_bleu(text, reference),
+                            ce=reconstruction_ce(method, ids, scored),
+                            token_accuracy=sum(a == b for a, b in zip(out_ids, ids[:scored])) / scored,
+                            num_vectors=len(vectors), trained=method.trained, compress_s=seconds,
+                            new_tokens=len(out_ids)))
+                    bar.update(len(chunk))
+                    self.write_summaries(every=60)
 
     # --- benchmark
     def _bench_plan(self) -> dict[str, Any]:
@@ -914,19 +1147,20 @@ class _Evaluation:
 
     # --- outputs
     def tables(self) -> dict[str, list[dict]]:
-        qa_rows = self.qa_store.ordered() if self.qa_store else []
+        samples = self.qa_samples()
         rec_rows = self.rec_store.ordered() if self.rec_store else []
-        qa = summarise_qa(qa_rows, self.methods, None)
-        rec = summarise_reconstruction([r for r in rec_rows if r["kind"] == "length"], "length_bucket")
-        rand = summarise_reconstruction([r for r in rec_rows if r["kind"] == "randomness"], "variant", "kind")
+        boot = dict(resamples=self.s.bootstrap_resamples, seed=self.s.seed)
+        qa = summarise_qa(samples, self.variants, None, **boot)
+        rec = summarise_reconstruction([r for r in rec_rows if r["kind"] == "length"], "length_bucket", **boot)
+        rand = summarise_reconstruction([r for r in rec_rows if r["kind"] == "randomness"], "variant", "kind", **boot)
         trained = {label: m.trained for label, m in self.methods.items()}
-        ours = _our_numbers(qa, rec, rand, self.bench_rows, flops_numbers(self.cc))
+        ours, intervals = _our_numbers(qa, rec, rand, self.bench_rows, flops_numbers(self.cc), samples, **boot)
         tables = dict(
             qa_summary=qa,
-            qa_by_task=summarise_qa(qa_rows, self.methods, "dataset"),
+            qa_by_task=summarise_qa(samples, self.variants, "dataset", **boot),
             reconstruction_by_length=rec,
             reconstruction_by_randomness=rand,
-            paper_vs_ours=paper_vs_ours(ours, self.notes(qa_rows), trained),
+            paper_vs_ours=paper_vs_ours(ours, self.notes(samples), trained, intervals),
             attention_by_layer=self.attention_rows(),
         )
         return {stem: [{c: row.get(c) for c in TABLE_COLUMNS[stem]} for row in rows] for stem, rows in tables.items()}
@@ -935,6 +1169,8 @@ class _Evaluation:
         """The paper's attention analysis (icformer/attention.py) of every IC-Former under test, per layer."""
         from .attention import analyse_ids
 
+        if self._attention is not None:
+            return self._attention
         if not (self.data_dir / "pretrain_valid.jsonl").is_file():
             return []
         rng = random.Random(self.s.seed)
@@ -946,6 +1182,7 @@ class _Evaluation:
             layers = analyse_ids(method.cc.target, method.model, windows)
             rows += [dict(method=label, layer=i, n=len(windows), trained=method.trained, **asdict(stats))
                      for i, stats in enumerate(layers, 1)]
+        self._attention = rows
         return rows
 
     def notes(self, qa_rows: list[dict]) -> dict[str, str]:
@@ -958,16 +1195,25 @@ class _Evaluation:
             "Memory:missing": "measured on CUDA only (peak allocation); a CPU run's process RSS is not comparable",
             "FLOPs (Table 2)": f"ours: the formula at our LLM's sizes, {setting}, 512 tokens; "
                                "the Llama-2-7B rows check the formula",
-            "Reconstruction (Fig. 5)": f"{setting} (the paper's 4x ratio)",
-            "Text randomness (Table 5)": f"{setting}, {self.randomness_length} tokens",
-            "PwC QA (Table 4)": f"{setting}; {len(qa_rows)} questions of {', '.join(tasks) or 'eval.jsonl'}, not PwC; "
-                                f"at most {self.s.max_new_tokens} new tokens",
+            "PwC QA (Table 4)": f"{setting}; {len(qa_rows)} held-out questions of {', '.join(tasks) or 'no task'}, "
+                                f"not PwC; short answers (first line, at most {self.s.max_new_tokens} new tokens; "
+                                "the paper: up to 256)",
+            "Reconstruction (Fig. 5)": f"{setting} (the paper's 4x ratio); BLEU of the first "
+                                       f"{self.s.reconstruction_max_new_tokens} tokens",
+            "Text randomness (Table 5)": f"{setting}, {self.randomness_length} tokens; BLEU of the first "
+                                         f"{self.s.reconstruction_max_new_tokens}",
         }
 
-    def write_summaries(self) -> dict[str, list[dict]]:
+    def write_summaries(self, every: float = 0.0) -> dict[str, list[dict]] | None:
+        """Write every summary table and qa_samples.jsonl; with `every`, only if that many seconds have passed."""
+        if every and time.time() - self._written < every:
+            return None
         tables = self.tables()
         for stem, rows in tables.items():
             write_table(self.out, stem, rows, TABLE_COLUMNS[stem])
+        if self.qa_store is not None:
+            _write_jsonl(self.out / FILES["qa_samples"], self.qa_samples())
+        self._written = time.time()
         return tables
 
     def meta(self, status: str) -> dict[str, Any]:
@@ -1062,16 +1308,8 @@ class _Evaluation:
                 self.finish("running")
         for store in (self.qa_store, self.rec_store):
             if store is not None:
-                store.rewrite()
+                store.rewrite()  # drops torn lines
         return self.finish("complete")
-
-
-def _vectors(method: Method, num_tokens: int) -> int:
-    """Vectors the LLM reads for a context of `num_tokens`: chunks x k, or the tokens themselves."""
-    if method.model is None:
-        return num_tokens
-    read = num_tokens + len(context_prefix_ids(method.cc.tokenizer, prompt_style(method.model)))
-    return math.ceil(read / method.L) * method.k
 
 
 def run_evaluation(
@@ -1144,6 +1382,55 @@ def markdown_table(rows: list[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _with_ci(row: dict, name: str) -> str:
+    """ "mean [low, high]" of a summary column and its interval."""
+    if row.get(name) is None:
+        return "–"
+    low, high = row.get(f"{name}_lo"), row.get(f"{name}_hi")
+    return _fmt(row[name]) + ("" if low is None else f" [{_fmt(low)}, {_fmt(high)}]")
+
+
+def above_floor(row: dict, floor: str, score: str = "f1") -> bool | None:
+    """Whether a method's paired gain over a floor ("none" / "swapped") has an interval above zero
+    (None: not measured). The app's note on the Compress & Ask tab reads the same rule."""
+    low = row.get(f"{score}_over_{floor}_lo")
+    if low in (None, ""):
+        return None
+    return float(low) > 0
+
+
+def qa_findings(rows: list[dict]) -> list[str]:
+    """Sentences on the ceiling and on each compressor against its floors, from qa_summary rows."""
+    by = {r["method"]: r for r in rows}
+    out = []
+    full, none = by.get("full"), by.get(NONE)
+    if full and none:
+        verdict = {True: "above it", False: "not distinguishable from it", None: "not compared"}[above_floor(full, "none")]
+        precise = "fewer" if (full.get("rougeL_p") or 0) >= (full.get("rougeL_r") or 0) else "more"
+        out.append(
+            f"**Ceiling.** With the full context the LLM scores SQuAD F1 {_with_ci(full, 'f1')} (exact match "
+            f"{_with_ci(full, 'exact_match')}); the `none` floor, the question alone, scores F1 {_with_ci(none, 'f1')}. "
+            f"The paired gain is {_with_ci(full, 'f1_over_none')}: {verdict}. Its ROUGE-L recall is "
+            f"{_fmt(full.get('rougeL_r'))} and precision {_fmt(full.get('rougeL_p'))} ({_fmt(full.get('new_tokens'))} "
+            f"new tokens per answer): its answers hold {precise} words than the references, which a reader of "
+            "SmolLM2-135M's size does not fix by being told to be brief (it often restates the question), so F1 "
+            "stays far below an extractive reader's.")
+    for label, row in by.items():
+        if row.get("kind") != "method" or label == "full":
+            continue
+        gains = {floor: above_floor(row, floor) for floor in ("none", "swapped")}
+        if gains["none"] and gains["swapped"]:
+            verdict = "above both floors: its answers use what its vectors carry"
+        elif gains["none"]:
+            verdict = ("above `none` but not above its swapped floor: its prompt helps, but any context of the task "
+                       "does as well as the right one")
+        else:
+            verdict = "not above its floors: its answers do not depend on the context it compressed"
+        out.append(f"**{label}**: F1 {_with_ci(row, 'f1')}; minus `none` {_with_ci(row, 'f1_over_none')}, minus "
+                   f"`{label}{SWAPPED}` {_with_ci(row, 'f1_over_swapped')}: {verdict}.")
+    return out
+
+
 def render_readme(meta: dict[str, Any], tables: dict[str, list[dict]], bench: list[dict], bench_note: str,
                   other_runs: Sequence[tuple[str, dict[str, Any], list[dict[str, Any]]]] = ()) -> str:
     s, d, q = meta["settings"], EvalSettings(), EvalSettings.quick()
@@ -1184,47 +1471,67 @@ def render_readme(meta: dict[str, Any], tables: dict[str, list[dict]], bench: li
         "",
         "## What was measured",
         "",
-        f"- Question answering: {meta['samples'].get('qa', 'not run')} from `eval.jsonl` (tasks taken in turn, "
-        f"seed {s['seed']}, contexts of at most {s['qa_max_context_tokens']} tokens), greedy decoding, at most "
-        f"{s['max_new_tokens']} new tokens (the answers are a few words; the paper allowed 256). ROUGE-1/2/L "
-        "precision/recall/F1 and SQuAD exact match / F1 against all reference answers.",
+        f"- Question answering: {meta['samples'].get('qa', 'not run')}, held out from training: from "
+        f"{' and '.join(f'`{f}`' for f in s['qa_files'])} (QA rows only; tasks taken in turn, seed {s['seed']}, "
+        f"contexts of at most {s['qa_max_context_tokens']} tokens), decoded {s['batch_size']} at a time (greedy, "
+        "left-padded). ROUGE-1/2/L precision/recall/F1 and SQuAD exact match / F1 against all reference answers.",
         f"- Reconstruction: {meta['samples'].get('reconstruction', 'not run')}: {s['length_samples']} window(s) per "
         f"length bucket {', '.join(map(str, s['length_buckets']))} (lengths drawn from the {s['bucket_width']} tokens "
         f"below each edge) of `pretrain_valid.jsonl`; text randomness: {meta['samples'].get('randomness', 'not run')}:"
         f" {s['randomness_samples']} sequence(s) per kind at {s['randomness_length'] or meta['L']} tokens (normal "
         "text, the same tokens reversed, a random start id then +1 per token, uniform random ids; no special "
-        "tokens). Greedy reconstruction of up to the "
-        f"length + {s['reconstruction_extra_tokens']} tokens; sentence BLEU-4 (averaged), corpus BLEU-4, token "
-        "accuracy (position-wise), and the teacher-forced cross-entropy (nats/token) of the original tokens "
-        "plus EOS given the reconstruction prompt (`[vectors][AE]<bos>` in the default prompt style).",
+        "tokens). The compressor reads the whole window; greedy reconstruction of up to the length + "
+        f"{s['reconstruction_extra_tokens']} tokens but at most {s['reconstruction_max_new_tokens']} "
+        f"(`scored_tokens`): sentence BLEU-4 (averaged), corpus BLEU-4, token accuracy (position-wise) and the "
+        "teacher-forced cross-entropy (nats/token) score that prefix of the window (plus EOS when it is all of "
+        "it) given the reconstruction prompt (`[vectors][AE]<bos>` in the default prompt style). The cap keeps "
+        "the run within an hour; it makes every bucket measure the start of its window, from more or less "
+        "compressed content.",
         f"- Benchmark: {meta['samples'].get('bench', bench_note or 'not run')}.",
         "",
-        "Sample counts: generation dominates the cost (a few tokens per second on 2 shared CPU cores, and weak "
-        "compressors rarely stop before the limit), so the full run's defaults (`EvalSettings`: "
+        "Sample counts: prefill and generation dominate the cost (about 150 positions per second prefilled on "
+        "one core of this 2-core CPU), so the full run's defaults (`EvalSettings`: "
         f"{d.qa_samples} questions, {d.length_samples} windows per bucket, {d.randomness_samples} sequences per "
-        f"randomness kind, benchmark batches of at most {d.bench_max_batch_tokens} tokens) keep it under an "
+        f"randomness kind, benchmark batches of at most {d.bench_max_batch_tokens} tokens) take about an "
         "hour there; `--quick` (`EvalSettings.quick()`: "
-        f"{q.qa_samples} questions of at most {q.max_new_tokens} new tokens, {q.length_samples} window per bucket "
+        f"{q.qa_samples} questions of at most {q.max_new_tokens} new tokens, {q.length_samples} windows per bucket "
         f"{', '.join(map(str, q.length_buckets))}, {q.randomness_samples} sequence per kind at "
-        f"{q.randomness_length} tokens, the benchmark's quick preset) takes a few minutes.",
+        f"{q.randomness_length} tokens, the benchmark's quick preset) takes a few minutes. Each sample is keyed by "
+        "what it depends on (the full context and `none` by the LLM alone, a compressor's rows by its weights), "
+        "so a new checkpoint recomputes only its own rows.",
         "",
         "## Question answering (`qa_summary.csv`)",
         "",
-        markdown_table(tables["qa_summary"], ("method", "n", "rouge1_f", "rouge2_f", "rougeL_f", "rougeL_p",
-                                              "rougeL_r", "exact_match", "f1", "num_vectors", "total_s", "trained")),
-        "Per task (`qa_by_task.csv`):",
+        "Every method is prompted the same way: the question, then *\"" + SHORT_ANSWER_INSTRUCTION + "\"* on its own "
+        f"line; greedy decoding, cut at the first line, at most {s['max_new_tokens']} new tokens. Two floors say what a "
+        "method scores when its vectors carry nothing useful: **`none`**, the question alone in the full context's "
+        "prompt (what the LLM knows or guesses), and **`<method>-swapped`**, the method answering from its own "
+        "vectors of another context of the same task (its prompt and a context of the right kind, without the "
+        "answer). A method's useful signal is its score minus its floors, per question (paired), averaged: the "
+        "`f1_over_none` and `f1_over_swapped` columns. Brackets: bootstrap 95% intervals "
+        f"({s['bootstrap_resamples']} resamples of the questions).",
         "",
-        markdown_table(tables["qa_by_task"], ("dataset", "method", "n", "rouge1_f", "rouge2_f", "rougeL_f",
-                                              "exact_match", "f1")),
+        *[line for finding in qa_findings(tables["qa_summary"]) for line in (finding, "")],
+        markdown_table([dict(r, **{c: _with_ci(r, c) for c in ("f1", "exact_match", "rougeL_f", "f1_over_none",
+                                                                "f1_over_swapped")}) for r in tables["qa_summary"]],
+                       ("method", "kind", "n", "f1", "exact_match", "rougeL_f", "rougeL_p", "rougeL_r", "f1_over_none",
+                        "f1_over_swapped", "num_vectors", "new_tokens", "trained")),
+        "Per task (`qa_by_task.csv`; `eval.jsonl`'s tasks are never trained on, `instruct_test.jsonl`'s are the "
+        "fine-tuning tasks on contexts never trained on):",
+        "",
+        markdown_table([dict(r, **{c: _with_ci(r, c) for c in ("f1", "rougeL_f", "f1_over_none")})
+                        for r in tables["qa_by_task"]],
+                       ("dataset", "method", "n", "f1", "exact_match", "rougeL_f", "f1_over_none")),
         "## Reconstruction vs context length (`reconstruction_by_length.csv`)",
         "",
-        markdown_table(tables["reconstruction_by_length"], ("method", "length_bucket", "n", "mean_tokens", "bleu",
-                                                            "corpus_bleu", "ce", "token_accuracy", "num_vectors",
-                                                            "trained")),
+        markdown_table([dict(r, **{c: _with_ci(r, c) for c in ("bleu", "ce", "token_accuracy")})
+                        for r in tables["reconstruction_by_length"]], ("method", "length_bucket", "n", "mean_tokens", "scored_tokens", "bleu",
+                                                   "corpus_bleu", "ce", "token_accuracy", "num_vectors", "trained")),
         "## Reconstruction vs text randomness (`reconstruction_by_randomness.csv`)",
         "",
-        markdown_table(tables["reconstruction_by_randomness"], ("method", "kind", "length", "n", "bleu",
-                                                                "corpus_bleu", "ce", "token_accuracy", "trained")),
+        markdown_table([dict(r, **{c: _with_ci(r, c) for c in ("bleu", "ce", "token_accuracy")})
+                        for r in tables["reconstruction_by_randomness"]], ("method", "kind", "length", "n", "scored_tokens", "bleu", "corpus_bleu",
+                                                       "ce", "token_accuracy", "trained")),
         f"## Speed and FLOPs (`{meta.get('bench_source') or 'not run'}`)",
         "",
     ]
@@ -1265,7 +1572,8 @@ def render_readme(meta: dict[str, Any], tables: dict[str, list[dict]], bench: li
         "LLM, size and machine, so compare ratios (speed-up, FLOPs ratio, IC-Former/ICAE quality) rather than "
         "absolute values. `trained` says whether the compressors a row depends on were trained.",
         "",
-        markdown_table([{**r, "ours/paper": (r["ours"] / r["paper"]) if r["ours"] is not None else None}
+        markdown_table([{**r, "ours": _with_ci(r, "ours"),
+                         "ours/paper": (r["ours"] / r["paper"]) if r["ours"] is not None else None}
                         for r in tables["paper_vs_ours"]],
                        ("table", "setting", "metric", "paper", "ours", "ours/paper", "trained")),
         "Notes (the `note` column of the CSV):",
@@ -1276,7 +1584,9 @@ def render_readme(meta: dict[str, Any], tables: dict[str, list[dict]], bench: li
         "",
         "Schema: the docstring of `app/results.py`. `qa_summary`, `qa_by_task`, `reconstruction_by_length`, "
         "`reconstruction_by_randomness`, `paper_vs_ours` and `attention_by_layer` are CSV with a JSON twin; "
-        "`qa_samples.jsonl` and `reconstruction_samples.jsonl` hold every sample with its scores and timings (seconds); `meta.json` "
+        "`qa_answers.jsonl` (one row per question and method or floor) and `reconstruction_samples.jsonl` (one row per "
+        "window and method) hold every sample with its scores, `qa_samples.jsonl` the answers grouped per question "
+        "(the app's per-sample browser); `meta.json` "
         "records the run (`run.json`: settings, sample counts, earlier invocations); the benchmark rows are "
         f"`{meta.get('bench_source') or 'not here'}` (with its CSV twin). `.cache/` (git-ignored) keeps samples "
         "of other settings for reuse.",
@@ -1301,6 +1611,13 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument("--qa-samples", type=int, default=None, help=f"questions (default {d.qa_samples})")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help=f"QA generation limit (default {d.max_new_tokens})")
+    parser.add_argument("--qa-max-context-tokens", type=int, default=None,
+                        help=f"longest QA context (default {d.qa_max_context_tokens})")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"prompts decoded together (default {d.batch_size})")
+    parser.add_argument("--reconstruction-max-new-tokens", type=int, default=None,
+                        help=f"reconstruction generation cap, the prefix scored (default "
+                             f"{d.reconstruction_max_new_tokens})")
     parser.add_argument("--length-buckets", type=int, nargs="+", default=None,
                         help=f"bucket upper edges in tokens (default {' '.join(map(str, d.length_buckets))})")
     parser.add_argument("--length-samples", type=int, default=None,
@@ -1342,7 +1659,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = {
         name: value for name, value in (
             ("sections", args.sections and tuple(args.sections)), ("qa_samples", args.qa_samples),
-            ("max_new_tokens", args.max_new_tokens),
+            ("max_new_tokens", args.max_new_tokens), ("qa_max_context_tokens", args.qa_max_context_tokens),
+            ("batch_size", args.batch_size), ("reconstruction_max_new_tokens", args.reconstruction_max_new_tokens),
             ("length_buckets", args.length_buckets and tuple(args.length_buckets)),
             ("length_samples", args.length_samples), ("randomness_samples", args.randomness_samples),
             ("randomness_length", args.randomness_length),

@@ -11,7 +11,6 @@ import torch
 
 from app.results import load_bench_results, load_results
 from icformer import ContextCompressor, UntrainedWarning
-from icformer import compressor as compressor_module
 from icformer import evaluate
 from icformer.cli import main
 from icformer.evaluate import (
@@ -82,7 +81,10 @@ def cc(tiny_llm_dir):
 
 SMALL = dict(qa_samples=4, max_new_tokens=5, length_buckets=(20, 40), bucket_width=10, length_samples=1,
              randomness_length=12, randomness_samples=1, reconstruction_extra_tokens=2,
+             reconstruction_max_new_tokens=16, bootstrap_resamples=200, batch_size=3,
              bench_lengths=(32,), bench_batch_sizes=(1,), bench_repeats=1)
+METHODS = ["icformer", "icae", "full"]
+FLOORS = ["none", "icformer-swapped", "icae-swapped"]
 
 
 def _header(path):
@@ -95,14 +97,16 @@ def _jsonl(path):
 
 
 class CountingGenerate:
+    """Counts the prompts the evaluation decodes (it decodes them in batches)."""
+
     def __init__(self, monkeypatch):
-        self.calls, original = 0, compressor_module.generate_from_embeds
+        self.calls, original = 0, evaluate.generate_batch
 
-        def counted(*args, **kwargs):
-            self.calls += 1
-            return original(*args, **kwargs)
+        def counted(cc, items, *args, **kwargs):
+            self.calls += len(items)
+            return original(cc, items, *args, **kwargs)
 
-        monkeypatch.setattr(compressor_module, "generate_from_embeds", counted)
+        monkeypatch.setattr(evaluate, "generate_batch", counted)
 
 
 def test_writes_the_documented_schema_and_the_app_reads_it(cc, data_dir, tmp_path):
@@ -115,32 +119,46 @@ def test_writes_the_documented_schema_and_the_app_reads_it(cc, data_dir, tmp_pat
 
     assert _header(out / "qa_summary.csv") == list(QA_COLUMNS)
     assert _header(out / "reconstruction_by_length.csv") == list(REC_COLUMNS)
-    assert _header(out / "paper_vs_ours.csv") == ["table", "setting", "metric", "paper", "ours", "note", "trained"]
+    assert _header(out / "paper_vs_ours.csv") == list(evaluate.PVO_COLUMNS)
+    assert {"ours_lo", "ours_hi"} <= set(evaluate.PVO_COLUMNS)
     for stem in result["tables"]:
         assert json.loads((out / f"{stem}.json").read_text())["rows"] == json.loads(
             json.dumps(result["tables"][stem], default=str))
 
     methods = ["icformer", "icae", "full", "icformer-no-pretrain"]
+    labels = methods + ["none", "icformer-swapped", "icae-swapped", "icformer-no-pretrain-swapped"]
     qa = {r["method"]: r for r in result["tables"]["qa_summary"]}
-    assert list(qa) == methods and all(r["n"] == 4 and r["dataset"] == "all" for r in qa.values())
+    assert list(qa) == labels and all(r["n"] == 4 and r["dataset"] == "all" for r in qa.values())
+    assert [qa[m]["kind"] for m in labels] == ["method"] * 4 + ["floor"] * 4
     assert qa["full"]["trained"] is True and qa["icformer"]["trained"] is False
     assert {r["dataset"] for r in result["tables"]["qa_by_task"]} == {"alpha", "beta"}
+    for row in result["tables"]["qa_summary"]:  # every mean has its interval around it
+        for score in ("f1", "rougeL_f", "exact_match", "rouge1_p"):
+            assert row[f"{score}_lo"] <= row[score] + 1e-9 and row[score] <= row[f"{score}_hi"] + 1e-9
+    for m in methods:  # the gain over a floor is the paired difference of the means
+        assert qa[m]["f1_over_none"] == pytest.approx(qa[m]["f1"] - qa["none"]["f1"])
+        assert qa[m]["f1_over_none_lo"] <= qa[m]["f1_over_none"] <= qa[m]["f1_over_none_hi"]
+    assert qa["icformer"]["f1_over_swapped"] == pytest.approx(qa["icformer"]["f1"] - qa["icformer-swapped"]["f1"])
+    assert qa["full"]["f1_over_swapped"] is None and qa["none"]["f1_over_none"] is None
 
     samples = _jsonl(out / "qa_samples.jsonl")
     assert len(samples) == 4 and len({s["id"] for s in samples}) == 4
+    assert len(_jsonl(out / "qa_answers.jsonl")) == 4 * len(labels)
     for sample in samples:
-        assert {"id", "dataset", "context", "question", "reference", "num_tokens", "answers"} <= set(sample)
-        assert list(sample["answers"]) == methods
+        assert {"id", "dataset", "context", "question", "reference", "num_tokens", "partner", "answers"} <= set(sample)
+        assert list(sample["answers"]) == labels
         for answer in sample["answers"].values():
-            assert {"text", "rouge1_f", "rouge2_f", "rougeL_f", "exact_match", "f1", "trained", "timings"} <= set(
-                answer)
+            assert {"text", "rouge1_f", "rouge2_f", "rougeL_f", "exact_match", "f1", "trained", "timings",
+                    "kind"} <= set(answer)
             assert all(0.0 <= answer[m] <= 1.0 for m in ("rouge1_p", "rougeL_r", "f1"))
-            assert {"compress_s", "prefill_s", "decode_s"} <= set(answer["timings"])
+            assert {"compress_s", "new_tokens"} <= set(answer["timings"])
+        assert sample["answers"]["none"]["num_vectors"] == 0  # the question alone
+        assert sample["answers"]["full"]["num_vectors"] == sample["num_tokens"]
 
     rec = result["tables"]["reconstruction_by_length"]
     assert [(r["method"], r["length_bucket"]) for r in rec] == [("icformer", 20), ("icformer", 40), ("icae", 20),
                                                                 ("icae", 40)]
-    assert all(r["ce"] > 0 and 0 <= r["bleu"] <= 1 and r["n"] == 1 for r in rec)
+    assert all(r["ce"] > 0 and 0 <= r["bleu_lo"] <= r["bleu"] <= r["bleu_hi"] <= 1 and r["n"] == 1 for r in rec)
     rand = result["tables"]["reconstruction_by_randomness"]
     assert [r["kind"] for r in rand] == list(RANDOMNESS_KINDS) * 2 and {r["length"] for r in rand} == {12}
 
@@ -148,6 +166,9 @@ def test_writes_the_documented_schema_and_the_app_reads_it(cc, data_dir, tmp_pat
     assert len(pvo) == len(PAPER_NUMBERS)
     measured = {(r["setting"], r["metric"]): r for r in pvo if r["ours"] is not None}
     assert ("IC-Former 128 digests", "rougeL_f") in measured and ("ICAE 512 tokens", "flops") in measured
+    qa_row = measured[("IC-Former 128 digests", "rougeL_f")]
+    assert qa_row["ours_lo"] <= qa_row["ours"] <= qa_row["ours_hi"]
+    assert measured[("ICAE 512 tokens", "flops")]["ours_lo"] is None  # a formula, no interval
     assert measured[("ICAE formula at Llama-2-7B sizes", "flops")]["ours"] == pytest.approx(8.50e12, rel=0.01)
     assert measured[("IC-Former formula at Llama-2-7B sizes", "flops")]["ours"] == pytest.approx(2.62e11, rel=0.01)
 
@@ -166,14 +187,15 @@ def test_writes_the_documented_schema_and_the_app_reads_it(cc, data_dir, tmp_pat
     readme = (out / "README.md").read_text()
     assert "Random weights" in readme and "`pytest`" in readme and meta["date"] in readme
     assert "## Attention analysis" in readme
+    assert "**`none`**" in readme and "**Ceiling.**" in readme and "`icformer-swapped`" in readme
 
     # The app's Evaluation and Speed tabs read all of it.
     res = load_results(out)
     assert res.problems == []
-    assert set(res.qa_summary["method"]) == set(methods)
+    assert set(res.qa_summary["method"]) == set(labels) and "f1_lo" in res.qa_summary.columns
     assert set(res.reconstruction["length_bucket"]) == {20, 40}
     assert "ours/paper" in res.paper_vs_ours.columns
-    assert len(res.samples) == 4 and res.sample_methods == methods
+    assert len(res.samples) == 4 and res.sample_methods == labels
     assert {"qa_by_task", "reconstruction_by_randomness", "attention_by_layer"} <= set(res.extra_tables)
     bench, problems = load_bench_results(out / "bench")
     assert problems == [] and {"icformer", "icae"} <= set(bench["method"])
@@ -184,8 +206,10 @@ def test_a_rerun_skips_finished_samples(cc, data_dir, tmp_path, monkeypatch):
     settings = dict(SMALL, sections=("qa", "reconstruction"), qa_samples=2, length_buckets=(20,))
     counter = CountingGenerate(monkeypatch)
     run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False, **settings)
-    assert counter.calls == 2 * 3 + 1 * 2  # questions x methods + windows x compressors
-    before = {name: (out / name).read_text() for name in ("qa_samples.jsonl", "reconstruction_samples.jsonl")}
+    per_question = len(METHODS + FLOORS)
+    assert counter.calls == 2 * per_question + 1 * 2  # questions x (methods + floors) + windows x compressors
+    stores = ("qa_answers.jsonl", "qa_samples.jsonl", "reconstruction_samples.jsonl")
+    before = {name: (out / name).read_text() for name in stores}
 
     counter.calls = 0
     run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False, **settings)
@@ -196,13 +220,13 @@ def test_a_rerun_skips_finished_samples(cc, data_dir, tmp_path, monkeypatch):
     assert "1 earlier invocation(s)" in (out / "README.md").read_text()
 
     # One more question: only it is computed; a half-written last line is dropped.
-    with open(out / "qa_samples.jsonl", "a") as handle:
+    with open(out / "qa_answers.jsonl", "a") as handle:
         handle.write('{"id": "torn')
     result = run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False,
                             **dict(settings, qa_samples=3))
-    assert counter.calls == 3
-    assert [r["n"] for r in result["tables"]["qa_summary"]] == [3, 3, 3]
-    assert len(_jsonl(out / "qa_samples.jsonl")) == 3
+    assert counter.calls == per_question
+    assert [r["n"] for r in result["tables"]["qa_summary"]] == [3] * per_question
+    assert len(_jsonl(out / "qa_samples.jsonl")) == 3 and len(_jsonl(out / "qa_answers.jsonl")) == 3 * per_question
 
     # Other settings (a longer generation) set these rows aside; going back brings them back. Sections
     # not run keep their summaries.
@@ -214,6 +238,73 @@ def test_a_rerun_skips_finished_samples(cc, data_dir, tmp_path, monkeypatch):
     counter.calls = 0
     run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False, **dict(settings, qa_samples=3))
     assert counter.calls == 0 and len(_jsonl(out / "qa_samples.jsonl")) == 3
+
+
+def test_a_new_checkpoint_recomputes_only_its_own_rows(cc, data_dir, tmp_path, monkeypatch):
+    """Samples are keyed by what they depend on: the full context and `none` by the LLM alone."""
+    out = tmp_path / "results"
+    settings = dict(SMALL, sections=("qa", "reconstruction"), qa_samples=2, length_buckets=(20,))
+    run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False, **settings)
+    first = {r["id"]: r for r in _jsonl(out / "qa_answers.jsonl")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntrainedWarning)
+        other = ContextCompressor(cc.target, make_tiny_icformer(cc.target, seed=5), cc.icae, max_context_tokens=2048)
+    counter = CountingGenerate(monkeypatch)
+    run_evaluation(other, out, data_dir=data_dir, no_pretrain=None, progress=False, **settings)
+    assert counter.calls == 2 * 2 + 1  # icformer and icformer-swapped per question, icformer's window
+    second = {r["id"]: r for r in _jsonl(out / "qa_answers.jsonl")}
+    kept = {i for i in first if i in second and first[i] == second[i]}
+    assert {first[i]["variant"] for i in kept} == {"full", "none", "icae", "icae-swapped"}
+    assert len(list((out / ".cache").glob("qa_answers.*.jsonl"))) == 2  # the old IC-Former's rows, per key
+
+
+def test_the_floors_read_nothing_and_another_context(cc, data_dir, tmp_path):
+    """`none` reads no context; `<method>-swapped` reads the vectors of another context of the same task."""
+    out = tmp_path / "results"
+    run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False,
+                   **dict(SMALL, sections=("qa",), qa_samples=4, max_new_tokens=4, batch_size=1))
+    samples = {s["id"]: s for s in _jsonl(out / "qa_samples.jsonl")}
+    questions = {r["id"]: r for r in _jsonl(data_dir / "eval.jsonl")}
+    for sample in samples.values():
+        partner = questions[sample["partner"]]
+        assert partner["task"] == sample["dataset"] and partner["input"] != sample["context"]
+        # All made-up questions are worded alike, so swapped answers are those of the partner's own
+        # context, and `none` is one answer for all.
+        if sample["partner"] in samples:
+            assert sample["answers"]["icformer-swapped"]["text"] == samples[sample["partner"]]["answers"]["icformer"][
+                "text"]
+    assert len({s["answers"]["none"]["text"] for s in samples.values()}) == 1
+
+
+def test_batched_decoding_matches_answer_and_reconstruct(cc):
+    """generate_batch builds the prompts ContextCompressor builds: same greedy tokens, padded or not."""
+    from icformer.compressor import encode
+    from icformer.prompts import question_layout, reconstruction_layout
+
+    rng = random.Random(3)
+    contexts = [" ".join(_sentence(rng) for _ in range(n)) for n in (2, 6)]
+    question = "What is the keeper's word?"
+    for method, model in (("icformer", cc.icformer), ("icae", cc.icae), ("full", None)):
+        items = [(model, question_layout(cc.tokenizer, question, task=None if model is None else "FT"),
+                  encode(model, cc.target, [cc.tokenize(c)])[0]) for c in contexts]
+        batched = evaluate.generate_batch(cc, items, 6)
+        for context, (ids, text) in zip(contexts, batched):
+            answer = cc.answer(context, question, method=method, max_new_tokens=6)
+            assert ids == answer.token_ids and text == answer.text
+    items = [(cc.icformer, reconstruction_layout(cc.tokenizer), encode(cc.icformer, cc.target, [cc.tokenize(c)])[0])
+             for c in contexts]
+    for context, (ids, _) in zip(contexts, evaluate.generate_batch(cc, items, 8)):
+        assert ids == cc.reconstruct(context, max_new_tokens=8).token_ids
+
+
+def test_first_line_stops_at_a_line_break(cc):
+    """The short-answer protocol keeps an answer's first non-blank line."""
+    tokenizer = cc.tokenizer
+    stop = evaluate._FirstLine(tokenizer)
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("\nyes", "yes\nno", "yes no")]
+    width = max(map(len, ids))
+    batch = torch.tensor([i + [tokenizer.eos_token_id] * (width - len(i)) for i in ids])
+    assert stop(batch, None).tolist() == [False, True, False]
 
 
 def test_benchmark_rows_from_a_bench_run_fill_the_speed_comparison(cc, data_dir, tmp_path):
@@ -292,7 +383,7 @@ def test_quick_cli_end_to_end(tiny_llm_dir, data_dir, tmp_path, capsys):
     assert meta["mode"] == "quick" and run["settings"] == json.loads(json.dumps(EvalSettings.quick().__dict__))
     assert meta["trained_by_method"] == {"icformer": False, "icae": False, "full": True}
     res = load_results(out)
-    assert res.problems == [] and len(res.samples) == 3
+    assert res.problems == [] and len(res.samples) == EvalSettings.quick().qa_samples
     assert set(res.reconstruction["method"]) == {"icformer", "icae"}
     bench, problems = load_bench_results(out / "bench")
     assert problems == [] and sorted(set(bench["length"])) == [128, 512]

@@ -317,3 +317,32 @@ def test_input_validation():
         bleu_score(["a"], [[]])
     with pytest.raises(TypeError):
         squad_scores("abc", ["a", "b", "c"])
+
+
+def test_bootstrap_interval_of_a_mean():
+    from icformer.metrics import bootstrap_ci
+
+    values = [0.0] * 50 + [1.0] * 50
+    low, high = bootstrap_ci(values, resamples=2000, seed=0)
+    # The normal approximation: 0.5 +- 1.96 * sqrt(0.25 / 100) = 0.5 +- 0.098.
+    assert low == pytest.approx(0.402, abs=0.02) and high == pytest.approx(0.598, abs=0.02)
+    assert bootstrap_ci(values, resamples=2000, seed=0) == (low, high)  # seeded: tables regenerate identically
+    narrow = bootstrap_ci(values * 16, resamples=2000, seed=0)
+    assert narrow[1] - narrow[0] < (high - low) / 3  # 16x the items: a quarter of the width
+    assert bootstrap_ci([0.25] * 7) == (0.25, 0.25)
+    assert bootstrap_ci([]) == (None, None)
+    with pytest.raises(ValueError):
+        bootstrap_ci(values, confidence=1.5)
+
+
+def test_bootstrap_interval_of_a_ratio_resamples_pairs():
+    from icformer.metrics import bootstrap_ratio_ci
+
+    top = [0.2, 0.4, 0.6, 0.8] * 10
+    low, high = bootstrap_ratio_ci(top, [2 * t for t in top], seed=1)
+    assert low == pytest.approx(0.5) and high == pytest.approx(0.5)  # paired: every resample has ratio 1/2
+    low, high = bootstrap_ratio_ci(top, list(reversed(top)), seed=1)
+    assert low < 1.0 < high
+    assert bootstrap_ratio_ci([], []) == (None, None) and bootstrap_ratio_ci([1.0], [0.0]) == (None, None)
+    with pytest.raises(ValueError):
+        bootstrap_ratio_ci([1.0], [1.0, 2.0])

@@ -20,6 +20,8 @@ Public API::
     bleu_score(predictions, references, *, tokenize="13a") -> float
     sentence_bleu(prediction, reference, *, tokenize="13a") -> float
     squad_scores(predictions, references) -> dict
+    bootstrap_ci(values, *, resamples=1000, confidence=0.95, seed=0) -> (low, high)
+    bootstrap_ratio_ci(numerators, denominators, ...) -> (low, high)
     clear_metric_cache() -> None
 
 ``references`` may be ``list[str]`` (one reference per prediction) or
@@ -46,6 +48,8 @@ __all__ = [
     "bleu_score",
     "sentence_bleu",
     "squad_scores",
+    "bootstrap_ci",
+    "bootstrap_ratio_ci",
 ]
 
 _METRICS_DIR = Path(__file__).resolve().parent
@@ -209,3 +213,55 @@ def squad_scores(
     Returns ``{"exact_match": float, "f1": float}``.
     """
     return _compute("squad", predictions, references)
+
+
+def _resample_means(columns: Sequence[Sequence[float]], resamples: int, seed: int):
+    """Means of each column over the same `resamples` draws of row indices (paired resampling)."""
+    import numpy as np
+
+    data = np.asarray(columns, dtype=float)  # [columns, n]
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, data.shape[1], size=(resamples, data.shape[1]))
+    return data[:, index].mean(axis=2)  # [columns, resamples]
+
+
+def _interval(draws, confidence: float) -> tuple[float, float]:
+    import numpy as np
+
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.nanpercentile(draws, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_ci(
+    values: Sequence[float], *, resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[Optional[float], Optional[float]]:
+    """Percentile bootstrap interval of the mean of `values` (None, None for no values).
+
+    Seeded, so a table regenerated from the same samples has the same intervals. For a paired
+    comparison of two methods on the same items, pass the per-item differences.
+    """
+    if not values:
+        return None, None
+    return _interval(_resample_means([values], resamples, seed)[0], confidence)
+
+
+def bootstrap_ratio_ci(
+    numerators: Sequence[float], denominators: Sequence[float], *, resamples: int = 1000,
+    confidence: float = 0.95, seed: int = 0,
+) -> tuple[Optional[float], Optional[float]]:
+    """Percentile bootstrap interval of mean(numerators) / mean(denominators), items resampled in pairs."""
+    if len(numerators) != len(denominators):
+        raise ValueError("numerators and denominators must pair up item by item")
+    if not numerators:
+        return None, None
+    import numpy as np
+
+    top, bottom = _resample_means([numerators, denominators], resamples, seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(bottom > 0, top / np.where(bottom > 0, bottom, 1), np.nan)
+    if np.isnan(ratio).all():
+        return None, None
+    return _interval(ratio, confidence)
