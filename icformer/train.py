@@ -71,8 +71,12 @@ class TrainConfig:
     digest_init_std: float = 0.0
     local_window_layers: int = 0  # IC-Former locality prior (docs/learning.md); 0 = paper
     readout_weight: float = 0.0  # IC-Former window-readout auxiliary loss (objectives.py); 0 = paper
+    llm_weight: float = 1.0  # weight of the LLM's own loss; 0 = a readout-only warm-up stage; 1 = paper
     lora_r: int = 128
     gradient_checkpointing: bool = False  # recompute the frozen LLM's activations in backward (IC-Former only)
+    # Wall-clock seconds this invocation may train (from its first step): at the deadline it saves and
+    # ends as finished, as at max_steps, so a lease's stage never overruns. None: no deadline.
+    time_budget_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -209,11 +213,12 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def save_checkpoint(accelerator, out_dir: Path, step: int, objective, optimizer, scheduler,
-                    config: TrainConfig, record: dict, keep: int = 2) -> Path | None:
+                    config: TrainConfig, record: dict, keep: int = 2, finished: bool | None = None) -> Path | None:
     """Gather on every rank (collective under FSDP), write on the main one.
 
     Weights go to safetensors in the compressor's own format; optimizer/scheduler/RNG state
-    with torch.save (read back weights_only).
+    with torch.save (read back weights_only). `finished` (default: max_steps reached) marks the
+    weights trained.
     """
     weights = compressor_state_dict(accelerator, objective)
     optimizer_state = full_optimizer_state(accelerator, objective, optimizer)
@@ -222,7 +227,7 @@ def save_checkpoint(accelerator, out_dir: Path, step: int, objective, optimizer,
     path = out_dir / f"checkpoint-{step}"
     tmp = out_dir / f".tmp-checkpoint-{step}"
     compressor = accelerator.unwrap_model(objective).compressor
-    compressor.save_pretrained(tmp / "model", state_dict=weights, trained=step >= config.max_steps, **record)
+    compressor.save_pretrained(tmp / "model", state_dict=weights, trained=step >= config.max_steps if finished is None else finished, **record)
     torch.save(
         {"step": step, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
          "torch_rng": torch.get_rng_state(), "config": asdict(config),
@@ -273,9 +278,12 @@ def objective_extras(objective) -> dict[str, torch.Tensor]:
 
 
 def load_objective_extras(path: Path, objective) -> None:
-    state = torch.load(path / STATE_NAME, weights_only=True, mmap=True).get("objective_extras") or {}
+    """The window readout saved beside a checkpoint's weights, when both sides have one."""
     readout = getattr(objective, "readout", None)
-    if readout is not None and state:
+    if readout is None or not (path / STATE_NAME).is_file():
+        return
+    state = torch.load(path / STATE_NAME, weights_only=True, mmap=True).get("objective_extras") or {}
+    if state:
         readout.load_state_dict({k[len("readout."):]: v for k, v in state.items()})
 
 
@@ -369,7 +377,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     for name, vector in compressor.task_embeddings.items():  # the paper freezes [AE] when fine-tuning
         vector.requires_grad_(name in STAGE_TASKS[config.stage])
     objective = CompressionObjective(compressor, target, kl_weight=config.kl_weight,
-                                     readout_weight=config.readout_weight)
+                                     readout_weight=config.readout_weight, llm_weight=config.llm_weight)
     extra = list(objective.readout.parameters()) if config.readout_weight > 0 else []
     optimizer = torch.optim.AdamW(trainable_parameters(compressor) + extra, lr=config.lr,
                                   weight_decay=config.weight_decay)
@@ -380,6 +388,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     if checkpoint is not None:
         load_weights(checkpoint, compressor)
         load_objective_extras(checkpoint, objective)
+    elif config.init_from:  # a stage that starts from another keeps that stage's window readout
+        load_objective_extras(Path(config.init_from).parent, objective)
     objective, optimizer = accelerator.prepare(objective, optimizer)
     if accelerator.gradient_accumulation_steps != config.grad_accum:  # e.g. set in an accelerate config
         raise ValueError(f"accelerate accumulates {accelerator.gradient_accumulation_steps} micro-batches per "
@@ -423,7 +433,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            if stop.raised:
+            budget_spent = config.time_budget_s is not None and time.perf_counter() - started >= config.time_budget_s
+            if stop.raised or budget_spent:
                 accelerator.set_trigger()
             stopping = accelerator.check_trigger()  # every rank stops (and saves) at the same step
             seconds = time.perf_counter() - tick
@@ -442,7 +453,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
             done = step == config.max_steps or stopping or step == stop_after
             if step % config.save_every == 0 or done:
                 save_checkpoint(accelerator, out_dir, step, objective, optimizer, scheduler, config,
-                                _record(row, config, accelerator.device))
+                                _record(row, config, accelerator.device), finished=step >= config.max_steps or budget_spent)
             if step == stop_after:
                 break
         accelerator.wait_for_everyone()

@@ -130,3 +130,24 @@ def test_cli_runs_the_gates_on_a_checkpoint(tiny_target, tiny_llm_dir, tmp_path,
     assert code == 0 and results["context"]["samples"] == 3 and set(results) == {"memorise", "context", "locality"}
     assert main(["diagnose", "--llm", str(tiny_llm_dir), "--icformer", str(tmp_path / "ckpt"),
                  "--data-dir", str(tmp_path / "nowhere")]) == 2  # a clear error, not a traceback
+
+
+def test_the_window_readout_resumes_and_carries_into_a_stage_started_from_the_checkpoint(tmp_path, train_data, tiny_target):
+    from icformer.train import STATE_NAME, load_objective_extras, train
+
+    from .conftest import tiny_train_config
+
+    train(tiny_train_config(tmp_path, train_data, readout_weight=1.0, llm_weight=0.0), target=tiny_target)
+    saved = torch.load(tmp_path / "run" / "checkpoint-4" / STATE_NAME, weights_only=True)["objective_extras"]
+    assert not torch.equal(saved["readout.maps"], torch.eye(tiny_target.hidden_size).repeat(4, 1, 1))  # it learnt
+    objective = CompressionObjective(make_tiny_icformer(tiny_target), tiny_target, readout_weight=1.0)
+    load_objective_extras(tmp_path / "run" / "checkpoint-4", objective)
+    assert torch.equal(objective.readout.maps, saved["readout.maps"])
+    later = tiny_train_config(tmp_path / "next", train_data, readout_weight=1.0,
+                              init_from=str(tmp_path / "run" / "checkpoint-4" / "model"), max_steps=2)
+    assert "valid_swap_gap" in train(later, target=tiny_target)
+
+
+def test_an_objective_that_learns_nothing_is_refused(tiny_target):
+    with pytest.raises(ValueError, match="nothing is learnt"):
+        CompressionObjective(make_tiny_icformer(tiny_target), tiny_target, llm_weight=0.0)
