@@ -24,7 +24,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from .data import sha256_file
-from .modeling_icformer import WEIGHTS_NAME, read_checkpoint_metadata
+from .modeling_icformer import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_metadata
+from .train import latest_checkpoint
 
 # Published name -> the runs (under the runs dir) it went through, in order.
 CHAINS: dict[str, tuple[str, ...]] = {
@@ -35,6 +36,7 @@ CHAINS: dict[str, tuple[str, ...]] = {
 CARD_NAME, CARD_JSON = "README.md", "card.json"
 DATA_FILES = {"pretrain": "pretrain_train.jsonl", "finetune": "instruct_train.jsonl"}
 PUBLISHED_DTYPE = torch.bfloat16
+EXPORTED_METADATA = "metadata.json"  # a checkpoint's record where export_runs left its weights behind
 
 
 @dataclass
@@ -58,17 +60,52 @@ class StageSummary:
 
 def final_checkpoint(run_dir: Path) -> Path:
     """The weights a finished run ended with; an unfinished run is refused, naming how far it got."""
-    from .train import latest_checkpoint
-
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise ValueError(f"{run_dir} has no checkpoint yet: train it first (scripts/train_default.sh)")
-    metadata = read_checkpoint_metadata(checkpoint / "model" / WEIGHTS_NAME)
+    metadata = _checkpoint_metadata(checkpoint / "model")
     if json.loads(metadata.get("trained", "false")) is not True:
         step = json.loads(metadata.get("record", "{}")).get("steps")
         raise ValueError(f"{run_dir} is unfinished (step {step} of {config['max_steps']}): resume it before publishing")
     return checkpoint / "model"
+
+
+def _checkpoint_metadata(model_dir: Path) -> dict[str, str]:
+    """A checkpoint's own record: from its weights, or from the metadata.json that `export_runs`
+    leaves in place of weights nobody publishes."""
+    if (model_dir / WEIGHTS_NAME).is_file():
+        return read_checkpoint_metadata(model_dir / WEIGHTS_NAME)
+    if (model_dir / EXPORTED_METADATA).is_file():
+        return json.loads((model_dir / EXPORTED_METADATA).read_text())
+    raise FileNotFoundError(f"{model_dir} has neither {WEIGHTS_NAME} nor {EXPORTED_METADATA}")
+
+
+def export_runs(runs_dir: Path, dest: Path) -> list[str]:
+    """What `publish` needs of the runs in `runs_dir`, into `dest`: each run's config and metrics log
+    and its last checkpoint's config and record, with bf16 weights for the runs a checkpoint is
+    published from (the last of each chain; optimizer state never). Returns the runs exported.
+
+    A GPU machine returns at most 64 MiB, which the four runs' weights in bf16 would exceed.
+    """
+    finals = {chain[-1] for chain in CHAINS.values()}
+    exported = []
+    for run_dir in sorted(p for p in runs_dir.iterdir() if (p / "config.yaml").is_file()):
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            continue
+        model = dest / run_dir.name / checkpoint.name / "model"
+        model.mkdir(parents=True)
+        for name in ("config.yaml", "metrics.jsonl"):
+            shutil.copy(run_dir / name, dest / run_dir.name / name)
+        shutil.copy(checkpoint / "model" / CONFIG_NAME, model / CONFIG_NAME)
+        if run_dir.name in finals:
+            write_bf16_weights(checkpoint / "model" / WEIGHTS_NAME, model / WEIGHTS_NAME)
+        else:
+            metadata = read_checkpoint_metadata(checkpoint / "model" / WEIGHTS_NAME)
+            (model / EXPORTED_METADATA).write_text(json.dumps(metadata, indent=1) + "\n")
+        exported.append(run_dir.name)
+    return exported
 
 
 def write_bf16_weights(source: Path, dest: Path) -> None:
@@ -86,7 +123,7 @@ def write_bf16_weights(source: Path, dest: Path) -> None:
 
 def summarise_stage(run_dir: Path, data_dir: Path) -> StageSummary:
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    record = json.loads(read_checkpoint_metadata(final_checkpoint(run_dir) / WEIGHTS_NAME).get("record", "{}"))
+    record = json.loads(_checkpoint_metadata(final_checkpoint(run_dir)).get("record", "{}"))
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r["step"] <= config["max_steps"]]
     valid = [r["valid_loss"] for r in rows if r.get("valid_loss") is not None]
@@ -103,13 +140,26 @@ def summarise_stage(run_dir: Path, data_dir: Path) -> StageSummary:
 
 
 def heldout_reconstruction(cc, method: str, data_dir: Path, samples: int, length: int, seed: int) -> dict[str, Any]:
-    """Greedy reconstruction of `samples` validation windows of `length` tokens: mean BLEU etc."""
+    """Greedy reconstruction of `samples` validation windows of `length` tokens (+16 new tokens at most),
+    scored as `python -m icformer evaluate` scores its reconstructions: mean BLEU, token accuracy, CE."""
     from .data import read_jsonl
-    from .evaluate import Method, TextSource, reconstruct_sample
+    from .evaluate import Method, TextSource, encode_timed, generate_batch, reconstruction_ce
+    from .metrics import sentence_bleu
+    from .prompts import prompt_style, reconstruction_layout
 
     text = TextSource(read_jsonl(data_dir / "pretrain_valid.jsonl"), cc.tokenizer)
     rng = random.Random(f"{seed}:publish")
-    scores = [reconstruct_sample(Method(method, cc, method), text.window(length, rng), 16)[0] for _ in range(samples)]
+    windows = [text.window(length, rng) for _ in range(samples)]
+    runner = Method(method, cc, method)
+    layout = reconstruction_layout(cc.tokenizer, prompt_style(runner.model))
+    vectors = [encode_timed(runner, ids)[0] for ids in windows]
+    outputs = generate_batch(cc, [(runner.model, layout, v) for v in vectors], length + 16)
+    scores = []
+    for ids, (out_ids, out_text) in zip(windows, outputs):
+        reference = cc.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        scores.append(dict(text=out_text, bleu=sentence_bleu(out_text, reference),
+                           token_accuracy=sum(a == b for a, b in zip(out_ids, ids)) / len(ids),
+                           ce=reconstruction_ce(runner, ids, len(ids))))
     mean = lambda key: sum(s[key] for s in scores) / len(scores)  # noqa: E731
     return dict(samples=samples, length=length, seed=seed, bleu=mean("bleu"), token_accuracy=mean("token_accuracy"),
                 ce=mean("ce"), example=scores[0]["text"][:300])
@@ -210,6 +260,8 @@ def publish(runs_dir: Path, assets_dir: Path, data_dir: Path, names: list[str] |
     for name, stages in chains.items():
         dest = assets_dir / "checkpoints" / name
         staging, final = _staging(dest), final_checkpoint(runs_dir / CHAINS[name][-1])
+        if not (final / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{final} has no weights to publish")
         shutil.copytree(final, staging, ignore=shutil.ignore_patterns(WEIGHTS_NAME))
         write_bf16_weights(final / WEIGHTS_NAME, staging / WEIGHTS_NAME)
         (staging / "logs").mkdir(exist_ok=True)
@@ -267,6 +319,9 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument("--only", nargs="+", default=None, choices=sorted(CHAINS))
     parser.add_argument("--samples", type=int, default=8, help="held-out windows for the reconstruction BLEU")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="the files of `scripts/gpu_train.sh run` (bundle.json + parts): checked, unpacked "
+                             "into --runs (which must not exist yet), then published")
     parser.add_argument("--republish", action="store_true",
                         help="rewrite the checkpoints already in <assets> from their own cards (bf16 weights, "
                              "fresh card), without their runs")
@@ -276,6 +331,10 @@ def run(args: argparse.Namespace) -> int:
     if args.republish:
         cards = republish(args.assets, args.data_dir, args.only, samples=args.samples, device=args.device)
     else:
+        if args.bundle is not None:
+            from .lease import unbundle
+
+            unbundle(args.bundle, args.runs)
         cards = publish(args.runs, args.assets, args.data_dir, args.only, samples=args.samples, device=args.device)
     for name, card in cards.items():
         bleu = (card["heldout_reconstruction"] or {}).get("bleu")

