@@ -115,39 +115,88 @@ def flops_figure(frame: pd.DataFrame | None, *, log: bool = True) -> go.Figure:
                    "FLOPs", log_x=log, log_y=log)
 
 
+def _bounds(frame: pd.DataFrame, name: str) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """(value, minus, plus) of column `name`, the interval from `name_lo` / `name_hi` when present."""
+    value = pd.to_numeric(frame[name], errors="coerce") if name in frame.columns else pd.Series(float("nan"),
+                                                                                                 index=frame.index)
+    low = pd.to_numeric(frame[f"{name}_lo"], errors="coerce") if f"{name}_lo" in frame.columns else value
+    high = pd.to_numeric(frame[f"{name}_hi"], errors="coerce") if f"{name}_hi" in frame.columns else value
+    return value, (value - low.fillna(value)).clip(lower=0), (high.fillna(value) - value).clip(lower=0)
+
+
+def _axis_top(values: list[float], minimum: float = 0.05) -> float:
+    """An axis end a little above the largest value (with its interval), at least `minimum`, at most 1."""
+    top = max([v for v in values if pd.notna(v)] or [0.0])
+    return min(1.0, max(minimum, top * 1.25))
+
+
+QA_CHART_METRICS = ("f1", "exact_match", "rougeL_f")
+
+
 def qa_metrics_figure(summary: pd.DataFrame | None, dataset: str | None = None) -> go.Figure:
-    """Grouped bars: one group per metric, one bar per method."""
+    """One panel per metric, one horizontal bar per method or floor, with its 95% interval as an error bar
+    and its value written past the bar's interval (labels never share a line). The score axis is scaled to
+    the data, the same in every panel."""
+    from plotly.subplots import make_subplots
+
     if summary is None or summary.empty:
         return empty_figure("No QA summary yet")
     frame = summary
-    if dataset and dataset != "All" and "dataset" in frame.columns:
-        frame = frame[frame["dataset"].astype(str) == dataset]
-    metrics = [m for m in METRIC_LABELS if m in frame.columns and m != "bleu"]
-    fig = go.Figure()
-    for i, (method, group) in enumerate(frame.groupby("method", sort=False)):
-        values = [pd.to_numeric(group[m], errors="coerce").mean() for m in metrics]
+    if "dataset" in frame.columns:
+        wanted = dataset if dataset and dataset != "All" else "all"
+        chosen = frame[frame["dataset"].astype(str) == wanted]
+        frame = chosen if not chosen.empty or wanted != "all" else frame
+    metrics = [m for m in QA_CHART_METRICS if m in frame.columns] or [
+        m for m in METRIC_LABELS if m in frame.columns and m != "bleu"]
+    if frame["method"].duplicated().any():  # no "all" rows: average the datasets
+        frame = frame.groupby("method", sort=False, as_index=False).mean(numeric_only=True)
+    methods = list(frame["method"].astype(str))
+    floors = {m for m, k in zip(methods, frame.get("kind", pd.Series([""] * len(frame))).astype(str))
+              if k == "floor"}
+    fig = make_subplots(rows=1, cols=len(metrics), shared_yaxes=True, horizontal_spacing=0.03,
+                        subplot_titles=[METRIC_LABELS[m] for m in metrics])
+    ends = []
+    for col, metric in enumerate(metrics, 1):
+        value, minus, plus = _bounds(frame, metric)
+        ends += list(value + plus)
+        colors = [color(m, i) for i, m in enumerate(methods)]
         fig.add_trace(go.Bar(
-            x=[METRIC_LABELS[m] for m in metrics], y=values, name=label(method), marker_color=color(method, i),
-            text=[f"{v:.3f}" if pd.notna(v) else "" for v in values], textposition="outside",
-        ))
+            y=[label(m) for m in methods], x=value, orientation="h", marker_color=colors,
+            marker_pattern_shape=["/" if m in floors else "" for m in methods], showlegend=False,
+            error_x=dict(type="data", array=plus, arrayminus=minus, visible=True, thickness=1.2, width=3),
+            hovertemplate="%{y}: %{x:.3f}<extra>" + METRIC_LABELS[metric] + "</extra>",
+        ), row=1, col=col)
+        fig.add_trace(go.Scatter(  # the value, just past the interval's end: one label per bar, on its own row
+            y=[label(m) for m in methods], x=value + plus, mode="text", showlegend=False, hoverinfo="skip",
+            text=[f" {v:.3f}" if pd.notna(v) else "" for v in value], textposition="middle right",
+            textfont=dict(size=11), cliponaxis=False,
+        ), row=1, col=col)
+    top = _axis_top(ends) * 1.3  # room for the labels
+    fig.update_xaxes(range=[0, top], tickformat=".2f", nticks=4)
+    fig.update_yaxes(autorange="reversed")
     title = "Question answering" + (f" — {dataset}" if dataset and dataset != "All" else "")
-    fig.update_layout(barmode="group")
-    fig.update_yaxes(range=[0, 1.08])
-    return _layout(fig, title, "metric", "score (0–1)")
+    title += " (hatched: no-information floors; bars: 95% intervals)" if floors else ""
+    return _layout(fig, title, "", "", height=90 + 26 * len(methods))
 
 
 def bleu_length_figure(frame: pd.DataFrame | None) -> go.Figure:
+    """Reconstruction BLEU-4 per length bucket with 95% intervals, the axis scaled to the data."""
     if frame is None or frame.empty:
         return empty_figure("No reconstruction results yet")
     fig = go.Figure()
+    ends = []
     for i, (method, group) in enumerate(frame.groupby("method", sort=False)):
+        value, minus, plus = _bounds(group, "bleu")
+        ends += list(value + plus)
         fig.add_trace(go.Scatter(
-            x=group["length_bucket"], y=group["bleu"], mode="lines+markers", name=label(method),
+            x=group["length_bucket"], y=value, mode="lines+markers", name=label(method),
             line=dict(color=color(method, i), width=2.5),
+            error_y=dict(type="data", array=plus, arrayminus=minus, visible=True, thickness=1.2, width=4),
+            hovertemplate="≤ %{x} tokens: %{y:.3f}<extra>" + label(method) + "</extra>",
         ))
-    fig.update_yaxes(range=[0, 1.05])
-    return _layout(fig, "Reconstruction BLEU-4 vs context length", "context length bucket (tokens, upper edge)",
-                   "BLEU-4")
+    fig.update_yaxes(range=[0, _axis_top(ends, minimum=0.02)], tickformat=".2f")
+    return _layout(fig, "Reconstruction BLEU-4 vs context length (95% intervals)",
+                   "context length bucket (tokens, upper edge)", "BLEU-4")
 
 
 def attention_figure(tokens: list[str], weights: list[list[float]], layer: int) -> go.Figure:

@@ -26,7 +26,7 @@ import pandas as pd
 from icformer.compressor import RECONSTRUCTION_MARGIN
 from icformer.text import check_length, clean_text
 
-from . import charts, speed
+from . import charts, results, speed
 from .about import PROFILE_CHOICE_HTML
 from .examples import Example
 from .presentation import (
@@ -35,7 +35,7 @@ from .presentation import (
     speedup_html, table_html, timing_card, tokens_to_vectors, word_diff,
 )
 from .results import (
-    QA_METRICS, filter_samples, load_bench_meta, load_bench_results, load_results, order_methods, sample_score,
+    QA_METRICS, filter_samples, load_bench_meta, load_bench_results, load_results, meta_table_html, order_methods,
 )
 from .service import ModelService
 
@@ -644,21 +644,14 @@ class Handlers:
             return (msg, no_table, empty, empty, no_table, no_table, "", gr.update(choices=["All"], value="All"),
                     gr.update(choices=["All"], value="All"), gr.update(choices=["All"], value="All"),
                     gr.update(visible=False))
-        info = []
-        if res.meta:
-            info.append(" · ".join(f"<b>{esc(k)}</b>: {esc(v)}" for k, v in res.meta.items()))
-        info.append(f"from <code>{esc(res.directory)}</code>")
-        msg = banner("ok", " — ".join(info))
+        msg = meta_table_html(res.meta) if res.meta else banner("ok", "Committed evaluation results")
         if res.problems:
             msg += banner("warn", "Could not read: " + esc("; ".join(res.problems)))
         qa_datasets = sorted(res.qa_summary["dataset"].astype(str).unique()) if res.qa_summary is not None else []
         dataset = dataset if dataset in qa_datasets else "All"
         shown = lambda f: gr.update(value=self._rounded(f), visible=True) if f is not None else no_table  # noqa: E731
-        qa_table, rec_table, pvo = shown(res.qa_summary), shown(res.reconstruction), shown(res.paper_vs_ours)
-        extra = "".join(
-            f"<h4>{esc(name)}</h4>" + frame.head(200).to_html(index=False, classes="icf-table", border=0, escape=True)
-            for name, frame in res.extra_tables.items()
-        )
+        qa_table, rec_table = shown(results.qa_table(res.qa_summary)), shown(res.reconstruction)
+        pvo, extra = shown(results.paper_table(res.paper_vs_ours)), results.extra_tables_html(res)
         sample_sets = ["All", *res.datasets]
         methods = ["All", *res.sample_methods]
         return (
@@ -691,17 +684,10 @@ class Handlers:
             raise UserInputError(f"The minimum score ({lo}) is above the maximum ({hi}).")
         metric = metric if metric in QA_METRICS else "rougeL_f"
         found = filter_samples(res.samples, dataset, method, metric, lo, hi)
-        methods = res.sample_methods
-        rows = []
-        for s in found[:500]:
-            row = {"id": s["id"], "dataset": s.get("dataset"), "question": str(s.get("question", ""))[:120]}
-            for m in methods:
-                score = sample_score(s, m, metric)
-                row[f"{label(m)} {metric}"] = round(score, 3) if score is not None else None
-            rows.append(row)
-        ids = [r["id"] for r in rows]
+        table = results.sample_table(found[:500], res.sample_methods, metric)
+        ids = list(table["id"]) if not table.empty else []
         note = f"{len(found)} of {len(res.samples)} samples match" + (" (showing 500)" if len(found) > 500 else "") + "."
-        return pd.DataFrame(rows), gr.update(choices=ids, value=ids[0] if ids else None), note
+        return table, gr.update(choices=ids, value=ids[0] if ids else None), note
 
     @friendly_errors
     def sample(self, sample_id: str | None):

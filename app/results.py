@@ -18,8 +18,12 @@ shown; listed optional columns may be missing.
 ``qa_summary.csv`` — question answering, one row per (dataset, method):
     method        str   required  "icformer" | "icae" | "full" | any label ("icformer-64"...)
     dataset       str   optional  e.g. "pwc" (default "all")
+    kind          str   optional  "method", or "floor": "none" (the question alone) and
+                                  "<method>-swapped" (its vectors of another context of the task)
     num_vectors   int   optional  vectors per context (k)
     rouge1_f, rouge2_f, rougeL_f, exact_match, f1   float  at least one of them
+    <metric>_lo, <metric>_hi          float  optional  bootstrap 95% interval of the mean (error bars)
+    f1_over_none, f1_over_swapped (+ _lo, _hi)  float  optional  a method's paired gain over its floors
     n             int   required  number of questions averaged
     trained       bool  optional
 
@@ -27,6 +31,7 @@ shown; listed optional columns may be missing.
     method        str   required
     length_bucket int   required  upper edge of the bucket in tokens (100, 200, ... 500)
     bleu          float required  sentence BLEU-4 of reconstruction vs original, averaged
+    bleu_lo, bleu_hi  float optional  its bootstrap 95% interval (error bars)
     ce            float optional  token cross-entropy (nats)
     n             int   required
     num_vectors   int   optional
@@ -37,6 +42,7 @@ shown; listed optional columns may be missing.
     metric   str   required  e.g. "rougeL_f", "bleu", "compress_s", "speedup"
     paper    float required
     ours     float required  (empty when not measured)
+    ours_lo, ours_hi  float optional  bootstrap 95% interval of ours
     note     str   optional  e.g. "SmolLM2-135M, k=32, L=128: not the paper's setting"
     The tab adds a column ours/paper.
 
@@ -46,8 +52,9 @@ shown; listed optional columns may be missing.
      "answers": {"icformer": {"text": "...", "rouge1_f": 0.5, "rouge2_f": 0.3, "rougeL_f": 0.45,
                               "exact_match": 0.0, "f1": 0.52,
                               "timings": {"compress_s": 0.01, "prefill_s": 0.05, "decode_s": 0.9}},
-                 "icae": {...}, "full": {...}}}
-    Only id, question, reference and answers[method].text are required.
+                 "icae": {...}, "full": {...}, "none": {...}, "icformer-swapped": {...}}}
+    Only id, question, reference and answers[method].text are required; "kind" in an answer
+    marks a floor.
 
 ``bench/*.csv`` (Speed tab) — committed full benchmark runs, one row per measurement:
     method     str    required  "icformer" | "icae" | "full"
@@ -81,6 +88,7 @@ KNOWN_TABLES = ("qa_summary", "reconstruction_by_length", "paper_vs_ours")
 MAX_SAMPLES = 20_000
 _LENGTH_ALIASES = ("length", "num_tokens", "context_tokens", "seq_len", "context_length")
 _TIME_ALIASES = ("compress_s", "seconds", "time_s", "compress_time_s")
+NONE_FLOOR, SWAPPED_FLOOR = "none", "-swapped"  # icformer.evaluate's floor labels
 
 
 def results_dir(explicit: str | Path | None = None) -> Path:
@@ -122,9 +130,14 @@ class Results:
 
 
 def order_methods(methods) -> list[str]:
-    """icformer, icae, full first (the three columns), then anything else alphabetically."""
+    """icformer, icae, full first (the three columns), then other methods alphabetically, then the
+    floors (`none`, then `*-swapped`)."""
+    is_floor = lambda m: m == NONE_FLOOR or str(m).endswith(SWAPPED_FLOOR)  # noqa: E731
     first = [m for m in ("icformer", "icae", "full") if m in methods]
-    return first + sorted(m for m in methods if m not in first)
+    own = first + sorted(m for m in methods if m not in first and not is_floor(m))
+    swapped = [m + SWAPPED_FLOOR for m in own if m + SWAPPED_FLOOR in methods]
+    floors = [m for m in methods if m == NONE_FLOOR] + swapped
+    return own + floors + sorted(m for m in methods if is_floor(m) and m not in floors)
 
 
 # ---------------------------------------------------------------------- low-level readers
@@ -159,7 +172,7 @@ def _require(frame: pd.DataFrame | None, columns: tuple[str, ...], name: str, pr
     return frame
 
 
-_SAMPLES_CACHE: dict[tuple[str, float, int], list[dict]] = {}
+_SAMPLES_CACHE: dict[tuple[str, float, int], tuple[list[dict], int]] = {}  # rows, unreadable lines
 
 
 def read_samples(path: Path, problems: list[str] | None = None) -> list[dict]:
@@ -168,8 +181,16 @@ def read_samples(path: Path, problems: list[str] | None = None) -> list[dict]:
         return []
     stat = path.stat()
     key = (str(path), stat.st_mtime, stat.st_size)
-    if key in _SAMPLES_CACHE:
-        return _SAMPLES_CACHE[key]
+    if key not in _SAMPLES_CACHE:
+        _SAMPLES_CACHE.clear()
+        _SAMPLES_CACHE[key] = _parse_samples(path)
+    rows, bad = _SAMPLES_CACHE[key]
+    if bad and problems is not None:  # on every read, cached or not
+        problems.append(f"qa_samples.jsonl: skipped {bad} unreadable line(s)")
+    return rows
+
+
+def _parse_samples(path: Path) -> tuple[list[dict], int]:
     rows, bad = [], 0
     with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
@@ -188,11 +209,7 @@ def read_samples(path: Path, problems: list[str] | None = None) -> list[dict]:
             row.setdefault("id", f"sample-{len(rows)}")
             row.setdefault("dataset", "all")
             rows.append(row)
-    if bad and problems is not None:
-        problems.append(f"qa_samples.jsonl: skipped {bad} unreadable line(s)")
-    _SAMPLES_CACHE.clear()
-    _SAMPLES_CACHE[key] = rows
-    return rows
+    return rows, bad
 
 
 # ---------------------------------------------------------------------- public API
@@ -339,3 +356,185 @@ def normalise_bench(frame: pd.DataFrame) -> pd.DataFrame | None:
     frame["length"] = pd.to_numeric(frame["length"], errors="coerce")
     frame["compress_s"] = pd.to_numeric(frame["compress_s"], errors="coerce")
     return frame.dropna(subset=["length", "compress_s"])
+
+
+# ---------------------------------------------------------------------- shaping for the Evaluation tab
+
+# Run details worth a glance above the tables, in this order; machine paths are left out.
+_META_ROWS = (("llm", "LLM"), ("device", "device"), ("machine", "machine"), ("date", "date"), ("commit", "commit"),
+              ("mode", "mode"), ("status", "status"), ("threads", "torch threads"))
+
+
+def _no_path(value: Any) -> str:
+    """A value as text, an absolute path reduced to its last part."""
+    text = str(value)
+    return Path(text).name if text.startswith(("/", "~")) or (len(text) > 2 and text[1:3] == ":\\") else text
+
+
+def meta_table_html(meta: dict[str, Any]) -> str:
+    """meta.json as a small two-column table (and whether each method was trained), without paths."""
+    from .presentation import esc, label, table_html
+
+    rows = [(name, _no_path(meta[key])) for key, name in _META_ROWS if meta.get(key) not in (None, "")]
+    trained = meta.get("trained_by_method")
+    if isinstance(trained, dict):
+        rows.append(("trained", ", ".join(f"{label(m)}: {'yes' if ok else 'no'}" for m, ok in trained.items())))
+    if meta.get("notes"):
+        rows.append(("notes", str(meta["notes"])))
+    return table_html(["run", ""], rows).replace("<table ", f'<table title="{esc("meta.json")}" ', 1)
+
+
+def _interval(row: pd.Series, name: str) -> str:
+    value, low, high = (pd.to_numeric(pd.Series([row.get(c)]), errors="coerce").iloc[0]
+                        for c in (name, f"{name}_lo", f"{name}_hi"))
+    if pd.isna(value):
+        return "–"
+    return f"{value:.3f}" + (f" [{low:.3f}, {high:.3f}]" if pd.notna(low) and pd.notna(high) else "")
+
+
+def floor_note_html(res: Results) -> str:
+    """A warning for the Compress & Ask tab while a committed compressor's QA score is not above its
+    no-information floors (icformer.evaluate.above_floor), with the measured numbers; "" otherwise."""
+    from icformer.evaluate import above_floor
+
+    from .presentation import banner, esc, label
+
+    qa = res.qa_summary
+    if qa is None or "f1_over_none_lo" not in qa.columns:
+        return ""
+    overall = qa[qa["dataset"].astype(str) == "all"] if "dataset" in qa.columns else qa
+    rows = {str(r["method"]): r for _, r in overall.iterrows()}
+    near = []
+    for method in ("icformer", "icae"):
+        row = rows.get(method)
+        if row is None:
+            continue
+        if above_floor(row.to_dict(), "none") is not True or above_floor(row.to_dict(), "swapped") is False:
+            swapped = rows.get(method + SWAPPED_FLOOR)
+            near.append(f"{esc(label(method))} F1 {_interval(row, 'f1')} against "
+                        f"{_interval(swapped, 'f1') if swapped is not None else '–'} from another context's vectors")
+    if not near:
+        return ""
+    none, full = rows.get(NONE_FLOOR), rows.get("full")
+    n = int(full["n"]) if full is not None and pd.notna(full.get("n")) else None
+    context = (f"; the full context F1 {_interval(full, 'f1')} and the question alone {_interval(none, 'f1')}"
+               if full is not None and none is not None else "")
+    return banner("warn", (
+        "<b>The committed compressors barely read the context yet.</b> On "
+        f"{n if n is not None else 'the'} held-out questions of the committed evaluation: " + "; ".join(near)
+        + context + ". Where a compressor's answer below looks right, it may be a guess from the question; "
+        "compare it with the full context's. (Brackets: 95% intervals; see the Evaluation tab.)"))
+
+
+def sample_table(samples: list[dict], methods: list[str], metric: str) -> pd.DataFrame:
+    """The per-sample browser's rows: id, question, reference, each method's and floor's `metric`, and each
+    compressor's gain over the better of its floors (positive: it answered better than from no or the wrong
+    context). Headers are short so the score columns fit a laptop-wide window."""
+    from .presentation import label
+
+    compressors = [m for m in methods if m + SWAPPED_FLOOR in methods]
+    rows = []
+    for s in samples:
+        row: dict[str, Any] = {"id": s["id"], "question": _clip(s.get("question"), 70),
+                               "reference": _clip(s.get("reference"), 40)}
+        for m in methods:
+            score = sample_score(s, m, metric)
+            row[_short(m)] = round(score, 2) if score is not None else None
+        for m in compressors:
+            own = sample_score(s, m, metric)
+            floors = [sample_score(s, f, metric) for f in (NONE_FLOOR, m + SWAPPED_FLOOR)]
+            floors = [f for f in floors if f is not None]
+            row[f"{_short(m)} gain"] = round(own - max(floors), 2) if own is not None and floors else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+_SHORT = {"icformer": "IC-F", "icae": "ICAE", "full": "full", "icformer-no-pretrain": "IC-F np", NONE_FLOOR: "none"}
+
+
+def _short(method: str) -> str:
+    if method.endswith(SWAPPED_FLOOR):
+        return _short(method[: -len(SWAPPED_FLOOR)]) + " swap"
+    return _SHORT.get(method, method)
+
+
+def _clip(text: Any, limit: int) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def find_sample(res: Results, sample_id: str | None) -> dict | None:
+    return next((s for s in res.samples if str(s.get("id")) == str(sample_id)), None)
+
+
+def sample_answers_html(sample: dict | None) -> str:
+    """Every method's and floor's answer to one sample, with its scores and, for a compressor, its gain over
+    its floors: where it read the context and where it guessed."""
+    from .presentation import esc, label
+
+    if not sample:
+        return ""
+    answers = sample.get("answers", {})
+    methods = order_methods(answers)
+    head = ["method", "answer", "F1", "EM", "ROUGE-L F", "F1 gain over floors"]
+    body = []
+    for m in methods:
+        a = answers[m]
+        floors = [sample_score(sample, f, "f1") for f in (NONE_FLOOR, m + SWAPPED_FLOOR)]
+        floors = [f for f in floors if f is not None]
+        own = sample_score(sample, m, "f1")
+        gain = f"{own - max(floors):+.2f}" if m + SWAPPED_FLOOR in answers and own is not None and floors else ""
+        kind = " (floor)" if a.get("kind") == "floor" or m == NONE_FLOOR or m.endswith(SWAPPED_FLOOR) else ""
+        cells = [f"{label(m)}{kind}", str(a.get("text", ""))]
+        cells += [f"{v:.2f}" if (v := sample_score(sample, m, k)) is not None else "–"
+                  for k in ("f1", "exact_match", "rougeL_f")]
+        body.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in [*cells, gain]) + "</tr>")
+    return (f"<div class='icf-reference'><b>Reference:</b> {esc(sample.get('reference', ''))}</div>"
+            "<table class='icf-table' id='icf-sample-answers'><thead><tr>"
+            + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>" + "".join(body)
+            + "</tbody></table>")
+
+
+def _compact(frame: pd.DataFrame | None, columns: list[str], with_interval: tuple[str, ...]) -> pd.DataFrame | None:
+    """The `columns` of `frame` that exist, those in `with_interval` written "mean [low, high]"."""
+    if frame is None:
+        return None
+    out = pd.DataFrame(index=frame.index)
+    for column in columns:
+        if column in with_interval and f"{column}_lo" in frame.columns:
+            out[column] = [_interval(row, column) for _, row in frame.iterrows()]
+        elif column in frame.columns:
+            out[column] = frame[column]
+    return out.reset_index(drop=True)
+
+
+_QA_SHOWN = ["dataset", "method", "kind", "n", "f1", "exact_match", "rougeL_f", "f1_over_none", "f1_over_swapped",
+             "num_vectors", "trained"]
+_QA_INTERVALS = ("f1", "exact_match", "rougeL_f", "f1_over_none", "f1_over_swapped")
+
+
+def qa_table(frame: pd.DataFrame | None) -> pd.DataFrame | None:
+    """qa_summary / qa_by_task as shown: the headline scores with their intervals, the gains over the floors."""
+    return _compact(frame, _QA_SHOWN, _QA_INTERVALS)
+
+
+def paper_table(frame: pd.DataFrame | None) -> pd.DataFrame | None:
+    """paper_vs_ours as shown: ours with its interval where it has one."""
+    if frame is None:
+        return None
+    return _compact(frame, [c for c in frame.columns if c not in ("ours_lo", "ours_hi")], ("ours",))
+
+
+def extra_tables_html(res: Results) -> str:
+    """The other tables, each scrolling sideways in its own box rather than running off the page."""
+    from .presentation import esc
+
+    shown = {"qa_by_task": qa_table}
+    parts = []
+    for name, frame in res.extra_tables.items():
+        frame = shown.get(name, lambda f: f)(frame)
+        html = frame.head(200).to_html(index=False, classes="icf-table", border=0, escape=True, na_rep="–",
+                                       float_format=lambda v: f"{v:.4g}")
+        parts.append(f"<h4>{esc(name)}</h4><div class='icf-scroll' style='overflow-x:auto;max-width:100%'>"
+                     f"{html}</div>")
+    return "".join(parts)

@@ -48,7 +48,8 @@ from . import about
 from .examples import EXAMPLES_DIR, load_examples
 from .handlers import ANSWER_METHODS, RECONSTRUCT_MAX_TOKENS, Handlers
 from .presentation import DIFF_COLORS, label
-from .results import QA_METRICS, results_dir as resolve_results_dir
+from .results import QA_METRICS, find_sample, floor_note_html, load_results, sample_answers_html
+from .results import results_dir as resolve_results_dir
 from .service import ModelService, default_factory
 from .speed import QUICK_LENGTHS
 
@@ -190,6 +191,8 @@ def build_demo(
                 with gr.Row():
                     q_buttons = [gr.Button(visible=False, size="sm", variant="secondary") for _ in range(3)]
                 ask_headline = gr.HTML(label="headline", show_label=False, elem_id="icf-ask-headline")
+                # Read from the committed evaluation: shown while the compressors score near their floors.
+                floor_note = gr.HTML(floor_note_html(load_results(h.results_dir)), elem_id="icf-floor-note")
                 answer_boxes, answer_cards = [], []
                 with gr.Row(equal_height=False):
                     for m in ANSWER_METHODS:
@@ -291,8 +294,10 @@ def build_demo(
                         with gr.Column(scale=2):
                             s_question = gr.Textbox(label="question", interactive=False)
                             s_reference = gr.Textbox(label="reference answer", interactive=False)
-                    with gr.Row():
-                        s_answers = [gr.Textbox(label=label(m), lines=4, interactive=False) for m in ANSWER_METHODS]
+                    # /sample's three answers stay its outputs; the table below shows every method and floor.
+                    s_answers = [gr.Textbox(label=label(m), lines=4, interactive=False, visible=False)
+                                 for m in ANSWER_METHODS]
+                    s_answers_html = gr.HTML(elem_id="icf-sample-answers-box")
                     with gr.Accordion("Raw sample (JSON)", open=False):
                         s_json = gr.JSON(label="sample")
 
@@ -379,6 +384,9 @@ def build_demo(
             ev.then(h.samples, sample_inputs, [s_table, s_id, s_note], api_name=f"{name}_samples", **private)
         qa_dataset.input(h.qa_chart, qa_dataset, qa_plot, **private)
         s_id.change(h.sample, s_id, sample_outputs, api_name="sample")
+        s_id.change(lambda sample_id: sample_answers_html(find_sample(load_results(h.results_dir), sample_id)),
+                    s_id, s_answers_html, **private)
+        demo.load(lambda: floor_note_html(load_results(h.results_dir)), None, floor_note, queue=False, **private)
 
         def pick_row(evt: gr.SelectData):
             row = evt.row_value or []
