@@ -954,7 +954,7 @@ class _Evaluation:
                              f"{len(self.qa_plan)} answers ({len(self.qa_plan) - len(todo)} reused)")
         with self.bar(len(self.qa_plan), "qa") as bar:
             bar.update(len(self.qa_plan) - len(todo))
-            for variant in self.variants:
+            for variant in sorted(self.variants, key=self._priority):
                 # Similar lengths decode together: less padding.
                 jobs = sorted((p for p in todo if p[2] is variant), key=lambda p: p[1]["num_tokens"])
                 model = variant.method.model
@@ -974,6 +974,13 @@ class _Evaluation:
                                                     new_tokens=len(ids))))
                     bar.update(len(chunk))
                     self.write_summaries(every=60)
+
+    def _priority(self, variant: Variant) -> int:
+        """Computing order: the ceiling and `none` first, then each method just before its swapped floor,
+        so a run stopped early has methods with their floors rather than methods without."""
+        if variant.label in ("full", NONE):
+            return ("full", NONE).index(variant.label) - 2
+        return 2 * list(self.methods).index(variant.method.label) + (variant.reads == "partner")
 
     def qa_samples(self) -> list[dict]:
         """One row per question with every answer (qa_samples.jsonl, the app's per-sample browser)."""
@@ -1252,9 +1259,21 @@ class _Evaluation:
                    "not the method.") if untrained else "All compressors trained.",
         )
 
+    def missing(self) -> dict[str, str]:
+        """Sections whose planned samples are not all finished: "<done> of <planned>" each."""
+        out = {}
+        for section, store in (("qa", self.qa_store), ("reconstruction", self.rec_store)):
+            if store is not None and len(store.rows) < len(store.planned):
+                out[section] = f"{len(store.rows)} of {len(store.planned)} samples"
+        return out
+
     def finish(self, status: str) -> dict[str, Any]:
+        """Write everything; a run that ends with planned samples unfinished is "partial", not "complete"."""
         tables = self.write_summaries()
-        meta = self.meta(status)
+        missing = self.missing()
+        if status == "complete" and missing:
+            status = "partial"
+        meta = dict(self.meta(status), unfinished=missing)
         shown = {k: v for k, v in meta.items() if k not in RUN_DETAILS}
         details = {"date": meta["date"], "llm_hash": meta["llm_hash"], **{k: meta[k] for k in RUN_DETAILS}}
         _atomic_write(self.out / "meta.json", json.dumps(shown, indent=1, default=str) + "\n")
@@ -1452,6 +1471,14 @@ def render_readme(meta: dict[str, Any], tables: dict[str, list[dict]], bench: li
             f"> **Random weights.** These compressors were not trained when this ran: **{', '.join(untrained)}**. "
             "Their numbers are those of randomly initialised weights: they show that the harness works, not "
             "how well IC-Former or ICAE compress. `full` is the LLM reading the whole context.",
+            "",
+        ]
+    if meta.get("unfinished"):
+        out += [
+            "> **Partial run.** Not every planned sample has finished: " + "; ".join(
+                f"{section} {count}" for section, count in meta["unfinished"].items())
+            + ". The tables cover the finished samples only (see each row's `n`); rerunning the command below "
+            "computes the rest and reuses these.",
             "",
         ]
     out += [

@@ -388,3 +388,16 @@ def test_quick_cli_end_to_end(tiny_llm_dir, data_dir, tmp_path, capsys):
     bench, problems = load_bench_results(out / "bench")
     assert problems == [] and sorted(set(bench["length"])) == [128, 512]
     assert "wrote" in capsys.readouterr().out
+
+
+def test_a_run_with_unfinished_samples_is_labelled_partial(cc, data_dir, tmp_path):
+    out = tmp_path / "results"
+    run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False,
+                   **dict(SMALL, sections=("qa",), qa_samples=1))
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "partial" and set(meta["unfinished"]) == {"reconstruction"}
+    assert "> **Partial run.**" in (out / "README.md").read_text()
+    run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False,
+                   **dict(SMALL, sections=("reconstruction", "randomness"), qa_samples=1))
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "complete" and meta["unfinished"] == {}
