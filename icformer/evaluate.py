@@ -1299,7 +1299,9 @@ class _Evaluation:
             except (OSError, ValueError):
                 continue
             previous.update(found if isinstance(found, dict) else {})
-        same = (previous.get("settings") == json.loads(json.dumps(asdict(self.s)))
+        # Which sections ran does not change any sample: an invocation of other sections counts.
+        drop_sections = lambda settings: {k: v for k, v in (settings or {}).items() if k != "sections"}  # noqa: E731
+        same = (drop_sections(previous.get("settings")) == drop_sections(json.loads(json.dumps(asdict(self.s))))
                 and previous.get("llm_hash") == self.cc.target.fingerprint[:16])
         if not same:
             return []
@@ -1319,12 +1321,16 @@ class _Evaluation:
         self.finish("running")
         steps = {"qa": self.run_qa, "reconstruction": lambda: self.run_reconstruction("length"),
                  "randomness": lambda: self.run_reconstruction("randomness"), "bench": self.run_bench}
-        for section in SECTIONS:
-            if section in wanted:
-                start = time.time()
-                steps[section]()
-                self.seconds[section] = time.time() - start
-                self.finish("running")
+        try:
+            for section in SECTIONS:
+                if section in wanted:
+                    start = time.time()
+                    steps[section]()
+                    self.seconds[section] = time.time() - start
+                    self.finish("running")
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (`run`): the files say what finished
+            self.finish("partial")
+            raise
         for store in (self.qa_store, self.rec_store):
             if store is not None:
                 store.rewrite()  # drops torn lines
@@ -1368,7 +1374,7 @@ def run_evaluation(
         no_pretrain = load_no_pretrain(cc, no_pretrain, required=True)
     methods = build_methods(cc, no_pretrain)
     command = command or f"run_evaluation(quick={quick}) from Python"
-    mode = ("quick" if quick else "full") if not overrides else "custom"
+    mode = ("quick" if quick else "full") if not set(overrides) - {"sections"} else "custom"
     out_dir = Path(out_dir) if out_dir is not None else default_results_dir()
     data_dir = Path(data_dir) if data_dir is not None else REPO_ROOT / "data"
     evaluation = _Evaluation(cc, out_dir, data_dir, settings, methods, command, progress, mode)
@@ -1676,6 +1682,12 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from .cli import _compressor
 
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # a killed background run still writes a partial summary
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     cc = _compressor(args)

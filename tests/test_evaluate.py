@@ -401,3 +401,28 @@ def test_a_run_with_unfinished_samples_is_labelled_partial(cc, data_dir, tmp_pat
                    **dict(SMALL, sections=("reconstruction", "randomness"), qa_samples=1))
     meta = json.loads((out / "meta.json").read_text())
     assert meta["status"] == "complete" and meta["unfinished"] == {}
+
+
+def test_an_interrupted_run_says_partial_and_the_next_one_finishes_it(cc, data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "results"
+    settings = dict(SMALL, sections=("qa",), qa_samples=2, batch_size=2)
+    original, calls = evaluate.generate_batch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what `run` turns SIGTERM into
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "generate_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False, **settings)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "partial" and meta["unfinished"]["qa"].startswith("2 of 12")
+    assert len(_jsonl(out / "qa_answers.jsonl")) == 2
+    monkeypatch.setattr(evaluate, "generate_batch", original)
+    run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False,
+                   **dict(settings, sections=("qa", "reconstruction", "randomness")))
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "complete" and len(_jsonl(out / "qa_answers.jsonl")) == 12
+    assert len(json.loads((out / "run.json").read_text())["earlier_invocations"]) == 1  # other sections count
