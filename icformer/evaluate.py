@@ -927,6 +927,8 @@ class _Evaluation:
         self.qa_plan.sort(key=lambda p: order[p[1]["id"]])
         self.qa_store = SampleStore(self.out / FILES["qa_answers"], dict(sorted(planned.items(),
                                                                                 key=lambda kv: order[kv[0].split("|")[0]])))
+        self.counts["qa"] = (f"{len(self.questions)} questions x {len(self.variants)} methods and floors: "
+                             f"{len(self.qa_plan)} answers ({len(self.qa_store.rows)} finished earlier)")
 
     @staticmethod
     def _qa_context(variant: Variant, question: dict) -> str | None:
@@ -973,7 +975,7 @@ class _Evaluation:
                                        timings=dict(compress_s=seconds if model is not None else 0.0,
                                                     new_tokens=len(ids))))
                     bar.update(len(chunk))
-                    self.write_summaries(every=60)
+                    self.progress_written()
 
     def _priority(self, variant: Variant) -> int:
         """Computing order: the ceiling and `none` first, then each method just before its swapped floor,
@@ -1025,6 +1027,10 @@ class _Evaluation:
         self.rec_plan = self._plan()
         planned = {f"{window}|{label}": keys[label] for window, _, _ in self.rec_plan for label in self.rec_methods}
         self.rec_store = SampleStore(self.out / FILES["rec_samples"], planned)
+        for kind, section in (("length", "reconstruction"), ("randomness", "randomness")):
+            ids = [f"{w}|{label}" for w, fields, _ in self.rec_plan if fields["kind"] == kind for label in self.rec_methods]
+            self.counts[section] = (f"{len(ids) // max(1, len(self.rec_methods))} sequences x {len(self.rec_methods)} "
+                                    f"methods ({sum(i in self.rec_store for i in ids)} finished earlier)")
 
     def window_ids(self, window: str, make: Callable[[], list[int]]) -> list[int]:
         if window not in self._windows:
@@ -1066,7 +1072,7 @@ class _Evaluation:
                             num_vectors=len(vectors), trained=method.trained, compress_s=seconds,
                             new_tokens=len(out_ids)))
                     bar.update(len(chunk))
-                    self.write_summaries(every=60)
+                    self.progress_written()
 
     # --- benchmark
     def _bench_plan(self) -> dict[str, Any]:
@@ -1210,6 +1216,11 @@ class _Evaluation:
             "Text randomness (Table 5)": f"{setting}, {self.randomness_length} tokens; BLEU of the first "
                                          f"{self.s.reconstruction_max_new_tokens}",
         }
+
+    def progress_written(self, every: float = 60.0) -> None:
+        """Every `every` seconds of a section, all files as of now (so a killed run's README is current)."""
+        if time.time() - self._written >= every:
+            self.finish("running")
 
     def write_summaries(self, every: float = 0.0) -> dict[str, list[dict]] | None:
         """Write every summary table and qa_samples.jsonl; with `every`, only if that many seconds have passed."""
@@ -1462,8 +1473,10 @@ def render_readme(meta: dict[str, Any], tables: dict[str, list[dict]], bench: li
     sections = ", ".join(f"{k} {v / 60:.1f} min" for k, v in meta["section_seconds"].items())
     earlier = ""
     if meta["earlier_invocations"]:
+        stopped = any(e.get("status") == "running" for e in meta["earlier_invocations"])
         earlier = (f"; with {len(meta['earlier_invocations'])} earlier invocation(s) of the same settings, whose "
-                   f"finished samples it reused, {meta['total_seconds'] / 60:.1f} minutes in all")
+                   "finished samples it reused, " + ("some stopped before recording their time" if stopped else
+                                                     f"{meta['total_seconds'] / 60:.1f} minutes in all"))
     untrained = [m for m, ok in meta["trained_by_method"].items() if not ok]
     out = [
         "# Evaluation results",
