@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Train the embedded default's IC-Former and ICAE on one lent GPU, inside one lease (README: "Train on a lent GPU").
 #
+#   scripts/gpu_train.sh stash          # here, first: the committed weights out of the tree (into .gpu/stash),
+#                                       # so that each call has room; `unstash` puts back what accept did not replace
 #   scripts/gpu_train.sh prepare        # here: .gpu/train/meta + ship-1..N (GGUF, data, wheels in parts sized to
 #                                       # the room the tree leaves per call); prints each call's size and carry
 #   scripts/gpu_train.sh receive        # GPU machine, every call but the last: which shipments have arrived
@@ -34,7 +36,29 @@ DEADLINE_S=${DEADLINE_S:-570}
 SHARES=${SHARES:-0.25 0.10 0.45 0.20}
 VALID_ROWS=64  # held-out rows shipped: each run validates on its first eval_samples
 
+STASH_DIR=.gpu/stash
 die() { echo "gpu_train.sh: $*" >&2; exit 1; }
+
+stash() {  # git keeps the weights; a call sends only what is on disk
+    git check-ignore -q "$STASH_DIR" || die "$STASH_DIR is not ignored by git"
+    local f n=0
+    while IFS= read -r f; do
+        [ -f "$f" ] || continue
+        mkdir -p "$STASH_DIR/$(dirname "$f")" && mv "$f" "$STASH_DIR/$f" && n=$((n + 1))
+    done < <(git ls-files 'assets/checkpoints/*.safetensors')
+    echo "stashed $n weight files in $STASH_DIR; the tree now sends $($PY -m icformer.lease size | awk '{printf "%.1f", $1 / 1048576}') MiB"
+}
+
+unstash() {  # a file accept has published in the meantime wins over the stashed one
+    [ -d "$STASH_DIR" ] || { echo "nothing stashed"; return; }
+    local f kept=0 back=0
+    while IFS= read -r f; do
+        local dest=${f#"$STASH_DIR"/}
+        if [ -e "$dest" ]; then rm "$f"; kept=$((kept + 1)); else mkdir -p "$(dirname "$dest")"; mv "$f" "$dest"; back=$((back + 1)); fi
+    done < <(find "$STASH_DIR" -type f)
+    rm -rf "$STASH_DIR"
+    echo "put back $back weight files; $kept were replaced by newly published ones"
+}
 
 prepare() {
     local work=$LEASE_DIR.build
@@ -57,7 +81,7 @@ prepare() {
     local room; room=$($PY -c "import sys; b=int(sys.argv[1]); r=sys.argv[2]
 print(float(r) if r else round((64 * 2**20 - b) / 2**20 - 1, 2))" "$base" "${ROOM_MIB:-}")  # 1 MiB left for meta and edits
     local calls; calls=$($PY -m icformer.lease pack "$LEASE_DIR" --room-mib "$room" "$wheel" "$work/data.tar.gz" "$gguf_file") \
-        || die "$room MiB of room per call (the tree sends $((base >> 20)) MiB): make the tree smaller"
+        || die "$room MiB of room per call (the tree sends $((base >> 20)) MiB): make the tree smaller (bash $0 stash)"
     # The GPU machine's copy of .git may be stale: the run names the commit recorded here.
     echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- icformer scripts configs || echo -dirty)" > "$LEASE_DIR/meta/source_commit"
     rm -rf "$work"
@@ -68,7 +92,7 @@ print(float(r) if r else round((64 * 2**20 - b) / 2**20 - 1, 2))" "$base" "${ROO
         rm -rf "$LEASE_DIR"
         echo "largest files in the tree:"
         { git ls-files -z | xargs -0 du -b 2>/dev/null || true; } | sort -rn | head -5 | sed "s/^/  /"
-        die "$calls calls (more than MAX_CALLS=${MAX_CALLS:-3}) would not fit one lease: the tree takes $(mib "$base") MiB of every call's 64"
+        die "$calls calls (more than MAX_CALLS=${MAX_CALLS:-3}) would not fit one lease: the tree takes $(mib "$base") MiB of every call's 64 (bash $0 stash moves the committed weights out)"
     fi
     local i
     for i in $(seq 1 "$calls"); do
@@ -219,10 +243,12 @@ rehearse() {
 }
 
 case "${1:-}" in
+stash) stash ;;
+unstash) unstash ;;
 prepare) prepare ;;
 receive) receive ;;
 run) mkdir -p "${2:?usage: scripts/gpu_train.sh run OUT}"; run "$2" 2>&1 | tee "$2/run.log" ;;
 accept) shift; accept "$@" ;;
 rehearse) shift; rehearse "$@" ;;
-*) sed -n 2,22p "$0"; exit 2 ;;
+*) sed -n 2,24p "$0"; exit 2 ;;
 esac

@@ -107,6 +107,30 @@ def test_a_time_budget_ends_the_run_as_finished_and_export_keeps_what_publish_ne
 
 
 @pytest.mark.slow
+def test_stash_takes_the_committed_weights_out_of_what_a_call_sends_and_unstash_puts_back_only_the_missing(tmp_path):
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "gpu_train.sh").write_text((ROOT / "scripts" / "gpu_train.sh").read_text())
+    (tmp_path / ".gitignore").write_text("/.gpu/\n")
+    for name in ("icformer", "icae"):
+        (tmp_path / "assets" / "checkpoints" / name).mkdir(parents=True)
+        (tmp_path / "assets" / "checkpoints" / name / "model.safetensors").write_bytes(name.encode() * 1000)
+    git("add", ".")
+    before = lease.tree_bytes(tmp_path)
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(ROOT))
+    script = lambda verb: subprocess.run(["bash", "scripts/gpu_train.sh", verb], cwd=tmp_path, env=env,  # noqa: E731
+                                         capture_output=True, text=True, check=True).stdout
+    assert "stashed 2 weight files" in script("stash")
+    assert lease.tree_bytes(tmp_path) == before - len(b"icformer") * 1000 - len(b"icae") * 1000
+    published = tmp_path / "assets" / "checkpoints" / "icformer" / "model.safetensors"
+    published.write_bytes(b"new")  # what `accept` publishes during the lease
+    assert "put back 1 weight files; 1 were replaced" in script("unstash")
+    assert published.read_bytes() == b"new"
+    assert (tmp_path / "assets" / "checkpoints" / "icae" / "model.safetensors").read_bytes() == b"icae" * 1000
+    assert not (tmp_path / ".gpu" / "stash").exists()
+
+
 def test_prepare_refuses_a_lease_that_needs_too_many_calls(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, LEASE_DIR=str(tmp_path / "lease"), DATA_ROWS="4", MAX_CALLS="1",
                ROOM_MIB="30")
