@@ -172,11 +172,11 @@ def qa_metrics_figure(summary: pd.DataFrame | None, dataset: str | None = None) 
             textfont=dict(size=11), cliponaxis=False,
         ), row=1, col=col)
     top = _axis_top(ends) * 1.3  # room for the labels
-    fig.update_xaxes(range=[0, top], tickformat=".2f", nticks=4)
+    fig.update_xaxes(range=[0, top], tickformat=".2~f", nticks=4)
     fig.update_yaxes(autorange="reversed")
     title = "Question answering" + (f" — {dataset}" if dataset and dataset != "All" else "")
     title += " (hatched: no-information floors; bars: 95% intervals)" if floors else ""
-    return _layout(fig, title, "", "", height=90 + 26 * len(methods))
+    return _layout(fig, title, "", "", height=140 + 30 * len(methods))
 
 
 def bleu_length_figure(frame: pd.DataFrame | None) -> go.Figure:
@@ -194,7 +194,7 @@ def bleu_length_figure(frame: pd.DataFrame | None) -> go.Figure:
             error_y=dict(type="data", array=plus, arrayminus=minus, visible=True, thickness=1.2, width=4),
             hovertemplate="≤ %{x} tokens: %{y:.3f}<extra>" + label(method) + "</extra>",
         ))
-    fig.update_yaxes(range=[0, _axis_top(ends, minimum=0.02)], tickformat=".2f")
+    fig.update_yaxes(range=[0, _axis_top(ends, minimum=0.02)], tickformat=".3~f")
     return _layout(fig, "Reconstruction BLEU-4 vs context length (95% intervals)",
                    "context length bucket (tokens, upper edge)", "BLEU-4")
 

@@ -427,17 +427,16 @@ def floor_note_html(res: Results) -> str:
 
 
 def sample_table(samples: list[dict], methods: list[str], metric: str) -> pd.DataFrame:
-    """The per-sample browser's rows: id, question, reference, each method's and floor's `metric`, and each
-    compressor's gain over the better of its floors (positive: it answered better than from no or the wrong
-    context). Headers are short so the score columns fit a laptop-wide window."""
-    from .presentation import label
-
+    """The per-sample browser's rows: id, question, reference, each method's and the `none` floor's `metric`,
+    and each compressor's gain over the better of its floors (positive: it answered better than from no or
+    the wrong context; the swapped floors' own scores are in the sample's answer table). Headers and texts
+    are short so every column fits a 1400-px window."""
     compressors = [m for m in methods if m + SWAPPED_FLOOR in methods]
     rows = []
     for s in samples:
-        row: dict[str, Any] = {"id": s["id"], "question": _clip(s.get("question"), 70),
-                               "reference": _clip(s.get("reference"), 40)}
-        for m in methods:
+        row: dict[str, Any] = {"id": s["id"], "question": _clip(s.get("question"), 44),
+                               "reference": _clip(s.get("reference"), 24)}
+        for m in (m for m in methods if not m.endswith(SWAPPED_FLOOR)):
             score = sample_score(s, m, metric)
             row[_short(m)] = round(score, 2) if score is not None else None
         for m in compressors:

@@ -115,11 +115,11 @@ def test_sample_browser_fits_its_columns_and_shows_every_answer_with_the_floors(
     root = _write(tmp_path / "r", _summary(NEAR, gain_low=-0.02))
     table, ids, note = _handlers(root).samples("All", "All", "f1", 0.0, 1.0)
     assert list(table.columns[:3]) == ["id", "question", "reference"]
-    assert {"none", "IC-F swap", "IC-F gain", "ICAE gain"} <= set(table.columns)
+    assert {"IC-F", "ICAE", "full", "none", "IC-F gain", "ICAE gain"} <= set(table.columns)
     assert max(len(c) for c in table.columns) <= 10  # short headers: one line, the scores within the window
     assert table["IC-F gain"].iloc[0] == pytest.approx(NEAR["icformer"] - max(NEAR["none"], NEAR["icformer-swapped"]),
                                                        abs=0.01)
-    assert all(len(q) <= 70 for q in table["question"])
+    assert all(len(q) <= 44 for q in table["question"]) and len(table.columns) <= 10
 
     html = results.sample_answers_html(results.find_sample(results.load_results(root), ids["value"]))
     assert "1912" in html  # the reference
