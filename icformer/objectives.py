@@ -74,6 +74,7 @@ class CompressionObjective(nn.Module):
         self._target = target  # a plain attribute, not a submodule
         self.kl_weight = kl_weight
         self.readout_weight, self.llm_weight = readout_weight, llm_weight
+        self.parts: dict[str, torch.Tensor] = {}
         if llm_weight <= 0 and readout_weight <= 0:
             raise ValueError("llm_weight 0 needs readout_weight > 0: otherwise nothing is learnt")
         if readout_weight > 0:
@@ -110,18 +111,26 @@ class CompressionObjective(nn.Module):
     def forward(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean token loss, number of target tokens) for a micro-batch."""
         vectors = self.encode(examples)
+        self.parts = {}  # each term of the loss, detached, for the training log
         if self.llm_weight <= 0:  # the window readout alone: the LLM's layers never run
-            loss = self.readout(vectors, [e.context_ids for e in examples], self.llm.lm_head)
-            return self.readout_weight * loss, torch.tensor(sum(len(e.context_ids) for e in examples))
+            readout = self.readout(vectors, [e.context_ids for e in examples], self.llm.lm_head)
+            self.parts["readout_loss"] = readout.detach()
+            return self.readout_weight * readout, torch.tensor(sum(len(e.context_ids) for e in examples))
         inputs, mask, labels = self._sequences(examples, vectors)
         with self._decoding():
             logits, targets = self._logits(inputs, mask, labels)
-        loss = self.llm_weight * F.cross_entropy(logits.float(), targets)
+        llm_loss = F.cross_entropy(logits.float(), targets)
+        loss = self.llm_weight * llm_loss
         if self.kl_weight > 0:
-            loss = loss + self.kl_weight * self._kl_to_full_context(examples, logits)
+            kl = self._kl_to_full_context(examples, logits)
+            self.parts["kl"] = kl.detach()
+            loss = loss + self.kl_weight * kl
         if self.readout_weight > 0:
             readout = self.readout(vectors, [e.context_ids for e in examples], self.llm.lm_head)
+            self.parts["readout_loss"] = readout.detach()
             loss = loss + self.readout_weight * readout
+        if self.parts:
+            self.parts["llm_loss"] = llm_loss.detach()
         return loss, torch.tensor(targets.numel(), device=loss.device)
 
     def encode(self, examples: list[Example]) -> list[torch.Tensor]:

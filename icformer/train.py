@@ -48,6 +48,9 @@ class TrainConfig:
     data_dir: str = "data"
     out_dir: str = "runs/icformer-pretrain"
     init_from: str | None = None  # checkpoint to start from (fine-tuning starts from pre-training)
+    # Another run's checkpoint dir to go on from, as a resume would (weights, window readout, optimizer,
+    # schedule, step, sample order, log), with this run's options: a stage that changes the objective.
+    continue_from: str | None = None
     num_digest_tokens: int = 32
     chunk_size: int = 128
     context_tokens: int | None = None  # tokens per pre-training window (default: chunk_size)
@@ -95,6 +98,10 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options {sorted(unknown)}")
         config = cls(**values)
+        icformer_only = dict(local_window_layers=0, readout_weight=0.0, llm_weight=1.0)
+        changed = sorted(k for k, v in icformer_only.items() if getattr(config, k) != v)
+        if config.method != "icformer" and changed:
+            raise ValueError(f"{changed} are IC-Former options; ICAE trains with the defaults {icformer_only}")
         if config.eval_samples == 1:
             raise ValueError("eval_samples must be 0 (no evaluation) or at least 2: the swap gap swaps one "
                              "sample's vectors into another's")
@@ -169,9 +176,10 @@ def build_compressor(config: TrainConfig, target):
     from .modeling_icformer import ICFormerConfig, ICFormerModel
 
     torch.manual_seed(config.seed)
+    source = config.init_from or (str(Path(config.continue_from) / "model") if config.continue_from else None)
     if config.method == "icformer":
-        if config.init_from:
-            return ICFormerModel.from_pretrained(config.init_from)
+        if source:  # the model's shape and options are the checkpoint's own
+            return ICFormerModel.from_pretrained(source)
         return ICFormerModel(ICFormerConfig.for_llm(
             target.model.config, num_digest_tokens=config.num_digest_tokens, chunk_size=config.chunk_size,
             output_norm_init=config.output_norm_init, digest_init_std=config.digest_init_std,
@@ -179,8 +187,8 @@ def build_compressor(config: TrainConfig, target):
         ))
     from .icae import ICAEConfig, ICAEModel
 
-    if config.init_from:
-        return ICAEModel.from_pretrained(config.init_from, target)
+    if source:
+        return ICAEModel.from_pretrained(source, target)
     icae_config = ICAEConfig.for_llm(target.model.config, config.num_digest_tokens, config.chunk_size)
     icae_config.lora_r = config.lora_r
     return ICAEModel(icae_config, target)
@@ -371,6 +379,11 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.gradient_checkpointing and config.method != "icformer":
         raise ValueError("gradient_checkpointing is for IC-Former: ICAE's adapter is off when backward recomputes")
+    if config.continue_from:
+        if not (Path(config.continue_from) / STATE_NAME).is_file():
+            raise FileNotFoundError(f"continue_from {config.continue_from} is not a training checkpoint (no {STATE_NAME})")
+        if config.init_from:
+            raise ValueError("pass init_from or continue_from, not both")
     target = target or load_llm(config.llm, device=str(accelerator.device), dtype=torch.float32)
     compressor = build_compressor(config, target).to(accelerator.device)
     compressor.train()
@@ -385,6 +398,10 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
 
     step = 0
     checkpoint = latest_checkpoint(out_dir) if resume else None
+    log_path = out_dir / "metrics.jsonl"
+    if checkpoint is None and config.continue_from:
+        checkpoint = Path(config.continue_from)
+        shutil.copy(checkpoint.parent / "metrics.jsonl", log_path)  # the history goes on; truncated below
     if checkpoint is not None:
         load_weights(checkpoint, compressor)
         load_objective_extras(checkpoint, objective)
@@ -403,7 +420,6 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     if len(valid_rows) == 1:
         raise ValueError(f"{config.data_dir} has one validation row; the swap gap needs at least 2 (or eval_samples 0)")
     valid_stream = SampleStream(valid_rows, target.tokenizer, config, style) if valid_rows else None
-    log_path = out_dir / "metrics.jsonl"
     _truncate_log(log_path, step)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
 
@@ -414,7 +430,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     undo_checkpointing = checkpoint_llm(target.model) if config.gradient_checkpointing else (lambda: None)
     try:
         while step < config.max_steps and not stopping:
-            tick, tokens, losses = time.perf_counter(), 0, []
+            tick, tokens, losses, parts = time.perf_counter(), 0, [], {}
             for micro in range(config.grad_accum):
                 first = step * per_step + (micro * world + rank) * config.batch_size
                 examples = train_stream.batch(first, config.batch_size)
@@ -424,6 +440,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
                     loss, _ = objective(examples)
                     accelerator.backward(loss)
                 losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+                for name, value in accelerator.unwrap_model(objective).parts.items():  # terms of a mixed loss
+                    parts[name] = parts.get(name, 0.0) + value.item() / config.grad_accum
                 tokens += sum(len(e.context_ids) + len(e.target_ids) for e in examples)
             # The whole objective: frozen weights have no gradient, and FSDP clips across shards
             # only when given its own module's parameters. DeepSpeed clips by itself; accelerate
@@ -441,7 +459,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
             row = {"step": step, "loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
                    "grad_norm": None if grad_norm is None else float(grad_norm), "samples_seen": step * per_step,
                    "tokens_per_s": tokens * world / seconds, "step_s": seconds,
-                   "elapsed_s": time.perf_counter() - started}
+                   "elapsed_s": time.perf_counter() - started, **parts}
             if valid_stream is not None and (step % config.eval_every == 0 or step == config.max_steps):
                 examples = [valid_stream.example(i) for i in range(len(valid_rows))]
                 row.update(context_use(accelerator.unwrap_model(objective), examples).as_row())

@@ -65,6 +65,13 @@ def test_config_sources_and_errors(tmp_path):
     paper = TrainConfig.from_sources("paper-pretrain")
     assert (paper.num_digest_tokens, paper.chunk_size, paper.grad_accum, paper.max_steps) == (128, 512, 16, 9300)
     assert paper.output_norm_init == 1.0 and paper.digest_init_std == 0.0  # no deviations in the paper preset
+    assert (paper.local_window_layers, paper.readout_weight, paper.llm_weight) == (0, 0.0, 1.0)
+    warmup = TrainConfig.from_sources("cpu-warmup")
+    assert (warmup.local_window_layers, warmup.readout_weight, warmup.llm_weight) == (3, 1.0, 0.0)
+    with pytest.raises(ValueError, match="IC-Former options"):
+        TrainConfig.from_sources("cpu-warmup", None, method="icae")
+    with pytest.raises(ValueError, match="at least 2"):
+        TrainConfig.from_sources("cpu-pretrain", None, eval_samples=1)
     with pytest.raises(FileNotFoundError, match="presets"):
         TrainConfig.from_sources("nope")
     bad = tmp_path / "bad.yaml"
@@ -101,3 +108,19 @@ def test_two_process_ddp_agrees_with_one_process(tmp_path, train_data, tiny_llm_
     moved = max((one[k] - init[k]).abs().max().item() for k in one)
     apart = max((one[k] - ddp[k]).abs().max().item() for k in one)
     assert moved > 0 and apart < 0.1 * moved
+
+
+def test_continue_from_goes_on_from_another_runs_checkpoint_as_a_resume_would(tmp_path, train_data, tiny_target):
+    straight = tiny_train_config(tmp_path / "a", train_data, readout_weight=1.0)
+    train(straight, target=tiny_target)
+    first = tiny_train_config(tmp_path / "b", train_data, readout_weight=1.0)
+    train(first, target=tiny_target, stop_after=2)
+    second = tiny_train_config(tmp_path / "c", train_data, readout_weight=1.0,
+                               continue_from=str(tmp_path / "b" / "run" / "checkpoint-2"))
+    train(second, target=tiny_target)
+    a, c = weights(tmp_path / "a" / "run", 4), weights(tmp_path / "c" / "run", 4)
+    assert all(torch.equal(a[name], c[name]) for name in a)  # weights, optimizer, readout and samples went on
+    log = [json.loads(line)["step"] for line in (tmp_path / "c" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3, 4]  # the history it continued, then its own steps
+    with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
+        train(tiny_train_config(tmp_path / "d", train_data, continue_from=str(tmp_path)), target=tiny_target)
