@@ -22,6 +22,7 @@ import json
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -145,12 +146,12 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument("--gates", nargs="+", default=["memorise", "context", "locality"],
                         choices=["memorise", "context", "locality"])
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--runs", nargs="+", type=Path, default=None,
+                        help="instead of gates: the swap gap logged by these training runs, as one table")
 
 
 def held_out_windows(target, data_dir: str, n: int, length: int) -> list[list[int]]:
     """The first `length` tokens of the first `n` held-out texts long enough to fill a window."""
-    from pathlib import Path
-
     from .data import read_jsonl
 
     path = Path(data_dir) / "pretrain_valid.jsonl"
@@ -220,7 +221,35 @@ def format_results(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def logged_gates(run_dirs: list[Path]) -> list[dict[str, Any]]:
+    """Every evaluation row the runs logged (metrics.jsonl): samples seen, own and swapped loss, gap."""
+    rows = []
+    for run_dir in run_dirs:
+        log = run_dir / "metrics.jsonl"
+        if not log.is_file():
+            raise FileNotFoundError(f"{run_dir} has no metrics.jsonl: not a training run")
+        for line in log.read_text().splitlines():
+            row = json.loads(line)
+            if "valid_swap_gap" in row:
+                rows.append(dict(run=run_dir.name, step=row["step"], samples_seen=row["samples_seen"],
+                                 own_loss=row["valid_loss"], swapped_loss=row["valid_swapped_loss"],
+                                 gap=row["valid_swap_gap"], token_accuracy=row["valid_token_acc"]))
+    return rows
+
+
+def format_logged(rows: list[dict[str, Any]]) -> str:
+    lines = ["| run | step | samples seen | held-out loss, own | swapped | swap gap | token accuracy |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['run']} | {r['step']} | {r['samples_seen']:,} | {r['own_loss']:.3f} | {r['swapped_loss']:.3f} | "
+              f"{r['gap']:+.3f} | {r['token_accuracy']:.3f} |" for r in rows]
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.runs:
+        rows = logged_gates(args.runs)
+        print(json.dumps(rows, indent=2) if args.json else format_logged(rows))
+        return 0
     from .compressor import ASSETS_DIR
     from .llm import load_llm
     from .modeling_icformer import ICFormerModel

@@ -152,3 +152,17 @@ def test_the_window_readout_resumes_and_carries_into_a_stage_started_from_the_ch
 def test_an_objective_that_learns_nothing_is_refused(tiny_target):
     with pytest.raises(ValueError, match="nothing is learnt"):
         CompressionObjective(make_tiny_icformer(tiny_target), tiny_target, llm_weight=0.0)
+
+
+def test_logged_gates_table_every_evaluation_of_the_runs(tmp_path, capsys):
+    from icformer.cli import main
+
+    run = tmp_path / "run-a"
+    run.mkdir()
+    rows = [{"step": 1, "samples_seen": 4, "loss": 5.0},
+            {"step": 2, "samples_seen": 8, "loss": 4.0, "valid_loss": 3.5, "valid_swapped_loss": 3.75,
+             "valid_swap_gap": 0.25, "valid_token_acc": 0.4}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["diagnose", "--runs", str(run)]) == 0
+    assert "| run-a | 2 | 8 | 3.500 | 3.750 | +0.250 | 0.400 |" in capsys.readouterr().out
+    assert main(["diagnose", "--runs", str(tmp_path / "nothing")]) == 2
