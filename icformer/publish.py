@@ -166,10 +166,11 @@ def heldout_reconstruction(cc, method: str, data_dir: Path, samples: int, length
 
 
 TRAINING_RECORD = "training_run.json"  # written beside the runs by scripts/gpu_train.sh run
+NOTE_NAME = "NOTE.md"  # beside the runs: what their logs cannot say (e.g. a run resumed by hand), copied into the cards
 
 
 def _card(name: str, stages: list[StageSummary], reconstruction: dict[str, Any] | None,
-          training_run: dict[str, Any] | None) -> str:
+          training_run: dict[str, Any] | None, note: str | None = None) -> str:
     last = stages[-1]
     k, L = last.config["num_digest_tokens"], last.config["chunk_size"]
     if training_run is None:
@@ -209,13 +210,15 @@ def _card(name: str, stages: list[StageSummary], reconstruction: dict[str, Any] 
                   f"{r['length']} tokens, greedy, seed {r['seed']}): BLEU {r['bleu']:.4f}, token accuracy "
                   f"{r['token_accuracy']:.3f}, cross-entropy {r['ce']:.3f} nats/token.", "",
                   f"First reconstruction: {r['example']!r}"]
-    lines += ["", "Deviations from the paper's recipe are named in each stage's config (logs/*.yaml) and in "
-              f"configs/train/. {caveat}"]
+    lines += ["", "Deviations from the paper's recipe are named in each stage's config (logs/*.yaml), in "
+              f"configs/train/ and in docs/learning.md. {caveat}"]
+    if note:
+        lines += ["", "## How it was made", "", note.strip()]
     return "\n".join(lines) + "\n"
 
 
 def _finish(staging: Path, dest: Path, name: str, stages: list[StageSummary], training_run: dict | None,
-            data_dir: Path, samples: int, length: int, seed: int, device: str | None) -> dict:
+            data_dir: Path, samples: int, length: int, seed: int, device: str | None, note: str | None = None) -> dict:
     """Measure the staged checkpoint, write its cards, then swap it in for `dest`."""
     from .compressor import ContextCompressor, UntrainedWarning
 
@@ -229,9 +232,10 @@ def _finish(staging: Path, dest: Path, name: str, stages: list[StageSummary], tr
                                                    staging if method == "icae" else None, device=device)
         reconstruction = heldout_reconstruction(cc, method, data_dir, samples, length, seed)
     card = dict(name=name, weights_sha256=sha256_file(staging / WEIGHTS_NAME), weights_dtype=str(PUBLISHED_DTYPE).removeprefix("torch."),
-                stages=[asdict(s) for s in stages], training_run=training_run, heldout_reconstruction=reconstruction)
+                stages=[asdict(s) for s in stages], training_run=training_run, heldout_reconstruction=reconstruction,
+                note=note)
     (staging / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
-    (staging / CARD_NAME).write_text(_card(name, stages, reconstruction, training_run))
+    (staging / CARD_NAME).write_text(_card(name, stages, reconstruction, training_run, note))
     shutil.rmtree(dest, ignore_errors=True)
     staging.rename(dest)
     return card
@@ -247,7 +251,7 @@ def publish(runs_dir: Path, assets_dir: Path, data_dir: Path, names: list[str] |
             samples: int = 8, length: int = 128, seed: int = 0, device: str | None = None) -> dict[str, dict]:
     """Copy each finished chain's final weights (bf16), logs and a fresh model card into assets_dir/checkpoints/.
 
-    A `training_run.json` beside the runs (scripts/gpu_train.sh writes one) goes into the cards.
+    A `training_run.json` beside the runs (scripts/gpu_train.sh writes one) and a NOTE.md go into the cards.
     """
     names = names or list(CHAINS)
     unknown = sorted(set(names) - set(CHAINS))
@@ -256,6 +260,7 @@ def publish(runs_dir: Path, assets_dir: Path, data_dir: Path, names: list[str] |
     chains = {n: [summarise_stage(runs_dir / run, data_dir) for run in CHAINS[n]] for n in names}  # all checked first
     record = runs_dir / TRAINING_RECORD
     training_run = json.loads(record.read_text()) if record.is_file() else None
+    note = (runs_dir / NOTE_NAME).read_text() if (runs_dir / NOTE_NAME).is_file() else None
     cards = {}
     for name, stages in chains.items():
         dest = assets_dir / "checkpoints" / name
@@ -268,7 +273,7 @@ def publish(runs_dir: Path, assets_dir: Path, data_dir: Path, names: list[str] |
         for stage in stages:
             shutil.copy(runs_dir / stage.run / "metrics.jsonl", staging / "logs" / f"{stage.run}.metrics.jsonl")
             shutil.copy(runs_dir / stage.run / "config.yaml", staging / "logs" / f"{stage.run}.yaml")
-        cards[name] = _finish(staging, dest, name, stages, training_run, data_dir, samples, length, seed, device)
+        cards[name] = _finish(staging, dest, name, stages, training_run, data_dir, samples, length, seed, device, note)
     return cards
 
 
@@ -289,7 +294,7 @@ def republish(assets_dir: Path, data_dir: Path, names: list[str] | None = None, 
         write_bf16_weights(staging / WEIGHTS_NAME, staging / WEIGHTS_NAME)
         stages = [StageSummary(**s) for s in card["stages"]]
         cards[name] = _finish(staging, dest, name, stages, card.get("training_run"), data_dir, samples, length,
-                              seed, device)
+                              seed, device, card.get("note"))
     return cards
 
 

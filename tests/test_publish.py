@@ -57,6 +57,15 @@ def test_publish_copies_the_final_weights_logs_and_a_card_computed_from_them(tmp
     readme = (dest / "README.md").read_text()
     assert f"| finetune | icformer-finetune | 2 | {log[-1]['samples_seen']} |" in readme
     assert f"BLEU {rec['bleu']:.4f}" in readme and "Weights: bfloat16" in readme
+    assert card["note"] is None and "How it was made" not in readme
+
+
+def test_a_note_beside_the_runs_goes_into_the_card(tmp_path, train_data, tiny_target, tiny_llm_dir):
+    runs = _chain(tmp_path, train_data, tiny_target, tiny_llm_dir)
+    (runs / "NOTE.md").write_text("The pre-training was resumed by hand at step 2.\n")
+    card = publish(runs, tmp_path / "assets", train_data, ["icformer"], samples=1, length=8)["icformer"]
+    readme = (tmp_path / "assets" / "checkpoints" / "icformer" / "README.md").read_text()
+    assert card["note"].startswith("The pre-training") and "## How it was made" in readme and "by hand at step 2" in readme
 
 
 def test_publish_puts_a_gpu_runs_record_in_the_card(tmp_path, train_data, tiny_target, tiny_llm_dir):
