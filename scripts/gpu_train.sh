@@ -13,9 +13,10 @@
 #   scripts/gpu_train.sh rehearse [DIR] # here, on CPU: prepare, run (a few steps of the embedded model), accept
 #                                       # into DIR (default: a temporary folder), the same code as a lease
 #
-# Recipe, without editing this file: PRETRAIN_PRESET / FINETUNE_PRESET (configs/train; cpu-pretrain, cpu-finetune),
+# Recipe, without editing this file: WARMUP_PRESET / PRETRAIN_PRESET / FINETUNE_PRESET (configs/train; cpu-warmup,
+# cpu-pretrain, cpu-finetune), ICFORMER_FLAGS / ICFORMER_PRETRAIN_FLAGS (IC-Former's own options, docs/learning.md),
 # PRETRAIN_FLAGS / FINETUNE_FLAGS (more `python -m icformer train` flags: they win), BUDGET_S (training seconds
-# of all four stages, 400) and SHARES (each stage's share of it, in the order below). ICAE trains as many steps
+# of all five stages, 400) and SHARES (each stage's share of it, in the order below). ICAE trains as many steps
 # as IC-Former reached in the same stage, so both see the same samples, unless its own budget ends it first.
 # Lease: ROOM_MIB (forces the room per call, for a rehearsal: no call is then held to 64 MiB; default: 64 MiB minus the tree), MAX_CALLS (3), LEASE_DIR (.gpu/train),
 # DEADLINE_S (570: `run` ends within this many seconds, inside the call's 600).
@@ -23,17 +24,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 LEASE_DIR=${LEASE_DIR:-.gpu/train}
-STAGES=(icformer-pretrain icformer-finetune icae-pretrain icae-finetune)  # in order of value
+STAGES=(icformer-warmup icformer-pretrain icformer-finetune icae-pretrain icae-finetune)  # in order of value
+WARMUP_PRESET=${WARMUP_PRESET:-cpu-warmup}  # docs/learning.md: readout-only, the LLM never runs
 PRETRAIN_PRESET=${PRETRAIN_PRESET:-cpu-pretrain}
 FINETUNE_PRESET=${FINETUNE_PRESET:-cpu-finetune}
 # A batch that keeps an H200 busy (the CPU presets use 4); only the deadline saves (each save writes AdamW state).
 PRETRAIN_FLAGS=${PRETRAIN_FLAGS:---batch-size 64 --max-steps 1000000 --save-every 1000000 --eval-every 500}
 FINETUNE_FLAGS=${FINETUNE_FLAGS:---batch-size 32 --max-steps 1000000 --save-every 1000000 --eval-every 500}
+# IC-Former's recipe (docs/learning.md: locality prior + window readout in every IC-Former stage, the
+# pre-training at lr 1e-3 as on CPU); ICFORMER_FLAGS="" ICFORMER_PRETRAIN_FLAGS="" trains the paper's.
+ICFORMER_FLAGS=${ICFORMER_FLAGS---local-window-layers 3 --readout-weight 1.0}
+ICFORMER_PRETRAIN_FLAGS=${ICFORMER_PRETRAIN_FLAGS---lr 1e-3 --warmup-steps 30}
 BUDGET_S=${BUDGET_S:-400}
 DEADLINE_S=${DEADLINE_S:-570}
 # ICAE's steps cost about twice IC-Former's (its encoder is the LLM itself), and it trains as many steps as
 # IC-Former reached: its budgets are ceilings.
-SHARES=${SHARES:-0.25 0.10 0.45 0.20}
+SHARES=${SHARES:-0.04 0.21 0.10 0.45 0.20}
 VALID_ROWS=64  # held-out rows shipped: each run validates on its first eval_samples
 
 STASH_DIR=.gpu/stash
@@ -110,6 +116,7 @@ receive() {
 
 stage_flags() {  # stage -> its `icformer train` arguments
     case $1 in
+    *-warmup) echo "--preset $WARMUP_PRESET $PRETRAIN_FLAGS" ;;
     *-pretrain) echo "--preset $PRETRAIN_PRESET $PRETRAIN_FLAGS" ;;
     *-finetune) echo "--preset $FINETUNE_PRESET $FINETUNE_FLAGS" ;;
     esac
@@ -158,14 +165,22 @@ assert sha256_file(used) == sha256_file(shipped), f'{used} is not the GGUF shipp
     export ICFORMER_SOURCE_COMMIT; ICFORMER_SOURCE_COMMIT=$(cat "$LEASE_DIR/meta/source_commit")
     export PYTHONUNBUFFERED=1
     read -r -a shares <<< "$SHARES"
-    [ "${#shares[@]}" = 4 ] || die "SHARES needs 4 numbers, one per stage: ${STAGES[*]}"
+    [ "${#shares[@]}" = "${#STAGES[@]}" ] || die "SHARES needs ${#STAGES[@]} numbers, one per stage: ${STAGES[*]}"
     local budgets=() i
-    for i in 0 1 2 3; do budgets+=("$($PY -c "print(round($BUDGET_S * ${shares[$i]}))")"); done
-    for i in 0 1 2 3; do
+    for i in "${!STAGES[@]}"; do budgets+=("$($PY -c "print(round($BUDGET_S * ${shares[$i]}))")"); done
+    for i in "${!STAGES[@]}"; do
         local stage=${STAGES[$i]} budget=${budgets[$i]}
         local -a args
         read -r -a args <<< "$(stage_flags "$stage")"
         args+=(--method "${stage%%-*}" --data-dir "$work/data" --out "$work/runs/$stage")
+        if [[ $stage == icformer-* && $stage != *-warmup ]]; then
+            local -a recipe; read -r -a recipe <<< "$ICFORMER_FLAGS"; args+=("${recipe[@]}")
+        fi
+        if [[ $stage == icformer-pretrain ]]; then  # goes on from the warm-up: weights, readout, optimizer
+            local -a extra; read -r -a extra <<< "$ICFORMER_PRETRAIN_FLAGS"; args+=("${extra[@]}")
+            local warm; warm=$(last_of "$work/runs/icformer-warmup" checkpoint)
+            [ -z "$warm" ] || args+=(--continue-from "$(dirname "$warm")")
+        fi
         if [[ $stage == *-finetune ]]; then
             local init; init=$(last_of "$work/runs/${stage%-finetune}-pretrain" checkpoint)
             [ -n "$init" ] || { echo "== $stage skipped: its pre-training left no checkpoint"; continue; }
@@ -237,7 +252,7 @@ rehearse() {
     bash "$0" receive
     PRETRAIN_FLAGS="--batch-size 2 --max-steps 1000 --eval-every 1000 --eval-samples 2" \
     FINETUNE_FLAGS="--batch-size 2 --max-steps 2 --eval-every 1000 --eval-samples 2" \
-    BUDGET_S=60 SHARES="0.25 0.5 1 1" bash "$0" run "$dir/out"
+    BUDGET_S=80 SHARES="0.15 0.25 0.5 2 1" bash "$0" run "$dir/out"
     PUBLISH_FLAGS="--assets $dir/assets --samples 1" bash "$0" accept "$dir/out" "$dir/runs"
     echo "rehearsal: $dir"
 }

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from icformer import lease
@@ -154,7 +155,9 @@ def test_the_cpu_rehearsal_runs_the_lease_end_to_end(tmp_path):
     assert len(returned) <= lease.RETURN_FILES and all(p.stat().st_size <= lease.RETURN_FILE_LIMIT for p in returned)
     record = json.loads((tmp_path / "runs" / "training_run.json").read_text())
     stages = record["stages"]
-    assert list(stages) == ["icformer-pretrain", "icformer-finetune", "icae-pretrain", "icae-finetune"]
+    assert list(stages) == ["icformer-warmup", "icformer-pretrain", "icformer-finetune", "icae-pretrain", "icae-finetune"]
+    pretrain = yaml.safe_load((tmp_path / "runs" / "icformer-pretrain" / "config.yaml").read_text())
+    assert pretrain["continue_from"] and pretrain["local_window_layers"] == 3 and pretrain["readout_weight"] == 1.0
     assert stages["icformer-pretrain"]["ended"] == "time budget"  # max_steps 1000 is out of reach
     assert stages["icae-pretrain"]["steps"] == stages["icformer-pretrain"]["steps"]  # the same samples
     assert all(s["tokens_per_s"] > 0 and s["samples_seen"] > 0 for s in stages.values())
