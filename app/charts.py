@@ -75,6 +75,8 @@ def speed_figure(live: pd.DataFrame | None, committed: pd.DataFrame | None, *, l
             key = key if isinstance(key, tuple) else (key,)
             method, run = key[-1], (key[0] if several else None)
             dash, symbol = ("solid", "circle") if suffix == "live" else _RUN_STYLES[runs.index(run) % len(_RUN_STYLES)]
+            if str(run or "").startswith("GPU"):  # run names start with the device kind: GPU runs hollow
+                symbol += "-open"
             # "full" compresses nothing: show what it costs instead, the LLM's prefill of the whole context.
             column, name = ("prefill_s", "Full context: LLM prefill") if method == "full" else ("compress_s", label(method))
             if several:

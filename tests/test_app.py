@@ -675,3 +675,13 @@ def test_space_requirements_resolve_in_a_clean_venv(tmp_path):
                     str(wheels)], check=True, timeout=1200)
     [wheel] = wheels.glob("*.whl")
     assert hashlib.sha256(wheel.read_bytes()).hexdigest() == llm.EMBEDDED_WHEEL_SHA256
+
+
+def test_speed_figure_draws_gpu_runs_hollow_and_cpu_runs_filled():
+    from app.charts import speed_figure
+
+    rows = [dict(source=source, method="icformer", batch_size=1, length=length, compress_s=0.01 * length)
+            for source in ("CPU AMD EPYC, SmolLM2, 2026-11-30", "GPU NVIDIA H200, llama-2-7b, 2026-11-26")
+            for length in (128, 512)]
+    symbols = {trace.name.split(",")[1].strip(): trace.marker.symbol for trace in speed_figure(None, pd.DataFrame(rows)).data}
+    assert symbols["CPU AMD EPYC"].endswith("-open") is False and symbols["GPU NVIDIA H200"].endswith("-open")
