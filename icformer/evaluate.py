@@ -1468,6 +1468,9 @@ def qa_findings(rows: list[dict], max_new_tokens: int) -> list[str]:
         elif gains["none"]:
             verdict = ("above `none` but not above its swapped floor: its prompt helps, but any context of the task "
                        "does as well as the right one")
+        elif gains["swapped"]:
+            verdict = ("above its swapped floor but not above `none`: its answers depend on the context it "
+                       "compressed, yet score no better than the question alone")
         else:
             verdict = "not above its floors: its answers do not depend on the context it compressed"
         out.append(f"**{label}**: F1 {_with_ci(row, 'f1')}; minus `none` {_with_ci(row, 'f1_over_none')}, minus "

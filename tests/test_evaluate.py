@@ -426,3 +426,13 @@ def test_an_interrupted_run_says_partial_and_the_next_one_finishes_it(cc, data_d
     meta = json.loads((out / "meta.json").read_text())
     assert meta["status"] == "complete" and len(_jsonl(out / "qa_answers.jsonl")) == 12
     assert len(json.loads((out / "run.json").read_text())["earlier_invocations"]) == 1  # other sections count
+
+
+def test_findings_name_a_compressor_whose_answers_depend_on_its_context_but_not_beyond_none():
+    from icformer.evaluate import qa_findings
+
+    row = dict(method="icformer", kind="method", f1=0.06, f1_lo=0.05, f1_hi=0.08, f1_over_none=0.0,
+               f1_over_none_lo=-0.01, f1_over_none_hi=0.01, f1_over_swapped=0.01, f1_over_swapped_lo=0.001,
+               f1_over_swapped_hi=0.02)
+    text = " ".join(qa_findings([row], max_new_tokens=12))
+    assert "above its swapped floor but not above `none`" in text and "depend on the context" in text
