@@ -66,15 +66,27 @@ def evaluating(module: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def context_use(objective: CompressionObjective, examples: list[Example]) -> ContextUse:
-    """Score every example with its own vectors and with the next example's (a fixed derangement)."""
+def context_use(objective: nn.Module, examples: list[Example]) -> ContextUse:
+    """Score consecutive pairs of examples with their own vectors and with each other's.
+
+    `objective` is a CompressionObjective, possibly wrapped (DDP, FSDP): everything goes through its
+    forward. With extra terms in the objective (the window readout) only the LLM's loss is counted.
+    An odd last example pairs with the first.
+    """
     if len(examples) < 2:
         raise ValueError("context_use needs at least 2 examples: one to swap in for another")
+    inner = getattr(objective, "module", objective)
+    pairs = [[examples[i], examples[(i + 1) % len(examples)]] for i in range(0, len(examples), 2)]
+    scores: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
     with evaluating(objective):
-        vectors = [objective.encode([e])[0] for e in examples]
-        own = [objective.score([e], [v]) for e, v in zip(examples, vectors)]
-        swapped = [objective.score([e], [vectors[(i + 1) % len(examples)]]) for i, e in enumerate(examples)]
+        for pair in pairs:
+            for swap in (False, True):
+                loss, _ = objective(pair, swap=swap)
+                parts = inner.parts
+                llm_loss = parts["llm_loss"] if "llm_loss" in parts else loss
+                scores[swap].append((float(llm_loss), float(parts["token_accuracy"])))
     mean = lambda values: sum(values) / len(values)  # noqa: E731
+    own, swapped = scores[False], scores[True]
     return ContextUse(mean([l for l, _ in own]), mean([l for l, _ in swapped]),
                       mean([a for _, a in own]), mean([a for _, a in swapped]), len(examples))
 

@@ -108,11 +108,18 @@ class CompressionObjective(nn.Module):
         predicts = labels[:, 1:] != IGNORE
         return self.llm.lm_head(hidden[:, :-1][predicts]), labels[:, 1:][predicts]
 
-    def forward(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean token loss, number of target tokens) for a micro-batch."""
+    def forward(self, examples: list[Example], swap: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean token loss, number of target tokens) for a micro-batch.
+
+        `swap`: each example is scored with the next one's vectors (the last with the first's), the
+        control that says what the vectors carry (diagnose.py). It goes through forward, not a side
+        method, so that wrappers that gather sharded weights in forward (FSDP) see the call.
+        """
         vectors = self.encode(examples)
+        if swap:
+            vectors = vectors[1:] + vectors[:1]
         self.parts = {}  # each term of the loss, detached, for the training log
-        if self.llm_weight <= 0:  # the window readout alone: the LLM's layers never run
+        if self.llm_weight <= 0 and self.training:  # the readout alone: the LLM's layers never run (evaluation runs them)
             readout = self.readout(vectors, [e.context_ids for e in examples], self.llm.lm_head)
             self.parts["readout_loss"] = readout.detach()
             return self.readout_weight * readout, torch.tensor(sum(len(e.context_ids) for e in examples))
@@ -120,6 +127,7 @@ class CompressionObjective(nn.Module):
         with self._decoding():
             logits, targets = self._logits(inputs, mask, labels)
         llm_loss = F.cross_entropy(logits.float(), targets)
+        self.parts["token_accuracy"] = (logits.argmax(-1) == targets).float().mean().detach()
         loss = self.llm_weight * llm_loss
         if self.kl_weight > 0:
             kl = self._kl_to_full_context(examples, logits)
@@ -129,25 +137,13 @@ class CompressionObjective(nn.Module):
             readout = self.readout(vectors, [e.context_ids for e in examples], self.llm.lm_head)
             self.parts["readout_loss"] = readout.detach()
             loss = loss + self.readout_weight * readout
-        if self.parts:
+        if len(self.parts) > 1:  # a mixed loss: its LLM term apart
             self.parts["llm_loss"] = llm_loss.detach()
         return loss, torch.tensor(targets.numel(), device=loss.device)
 
     def encode(self, examples: list[Example]) -> list[torch.Tensor]:
         """The compressed context of each example, as the LLM will read it."""
         return encode(self.compressor, self._target, [e.context_ids for e in examples])
-
-    def score(self, examples: list[Example], vectors: list[torch.Tensor]) -> tuple[float, float]:
-        """(mean token loss, teacher-forced token accuracy) of the targets given these `vectors`.
-
-        The vectors need not be the examples' own: scoring with another sample's is how the
-        diagnostics measure what the vectors carry (diagnose.py).
-        """
-        inputs, mask, labels = self._sequences(examples, vectors)
-        with self._decoding():
-            logits, targets = self._logits(inputs, mask, labels)
-        loss = F.cross_entropy(logits.float(), targets)
-        return loss.item(), (logits.argmax(-1) == targets).float().mean().item()
 
     def _kl_to_full_context(self, examples: list[Example], student_logits: torch.Tensor) -> torch.Tensor:
         """KL(teacher || student) on the answer tokens; the teacher reads the raw context."""

@@ -462,7 +462,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
                    "elapsed_s": time.perf_counter() - started, **parts}
             if valid_stream is not None and (step % config.eval_every == 0 or step == config.max_steps):
                 examples = [valid_stream.example(i) for i in range(len(valid_rows))]
-                row.update(context_use(accelerator.unwrap_model(objective), examples).as_row())
+                row.update(context_use(objective, examples).as_row())
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
             if accelerator.is_main_process:

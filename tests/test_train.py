@@ -94,7 +94,7 @@ def test_two_process_ddp_agrees_with_one_process(tmp_path, train_data, tiny_llm_
 
     common = ["-m", "icformer", "train", "--llm", str(tiny_llm_dir), "--data-dir", str(train_data),
               "--num-digest-tokens", "4", "--chunk-size", "16", "--max-steps", "2", "--grad-accum", "2",
-              "--eval-every", "100", "--save-every", "100", "--eval-samples", "1", "--digest-init-std", "0.02"]
+              "--eval-every", "100", "--save-every", "100", "--eval-samples", "2", "--digest-init-std", "0.02"]
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
     subprocess.run(torchrun + common + ["--out", str(tmp_path / "ddp"), "--batch-size", "1"], env=env, check=True)
