@@ -115,12 +115,12 @@ class CompressionObjective(nn.Module):
         control that says what the vectors carry (diagnose.py). It goes through forward, not a side
         method, so that wrappers that gather sharded weights in forward (FSDP) see the call.
         """
-        vectors = self.encode(examples)
+        own = vectors = self.encode(examples)
         if swap:
             vectors = vectors[1:] + vectors[:1]
         self.parts = {}  # each term of the loss, detached, for the training log
         if self.llm_weight <= 0 and self.training:  # the readout alone: the LLM's layers never run (evaluation runs them)
-            readout = self.readout(vectors, [e.context_ids for e in examples], self.llm.lm_head)
+            readout = self.readout(own, [e.context_ids for e in examples], self.llm.lm_head)
             self.parts["readout_loss"] = readout.detach()
             return self.readout_weight * readout, torch.tensor(sum(len(e.context_ids) for e in examples))
         inputs, mask, labels = self._sequences(examples, vectors)
@@ -134,7 +134,7 @@ class CompressionObjective(nn.Module):
             self.parts["kl"] = kl.detach()
             loss = loss + self.kl_weight * kl
         if self.readout_weight > 0:
-            readout = self.readout(vectors, [e.context_ids for e in examples], self.llm.lm_head)
+            readout = self.readout(own, [e.context_ids for e in examples], self.llm.lm_head)
             self.parts["readout_loss"] = readout.detach()
             loss = loss + self.readout_weight * readout
         if len(self.parts) > 1:  # a mixed loss: its LLM term apart

@@ -49,6 +49,16 @@ class _PerWindowVectors(FreeVectors):
         return [self.table[index(c)] for c in contexts]
 
 
+def test_context_use_with_the_readout_counts_the_llm_loss_of_contexts_of_different_lengths(tiny_target):
+    ids = [tiny_target.tokenizer(t, add_special_tokens=False)["input_ids"] for t in TRAIN_PROSE[:2]]
+    examples = [autoencoding_example(tiny_target.tokenizer, ids[0][:TINY_L]),
+                autoencoding_example(tiny_target.tokenizer, (ids[0] + ids[1])[: 2 * TINY_L])]  # 1 and 2 chunks
+    objective = CompressionObjective(make_tiny_icformer(tiny_target), tiny_target, readout_weight=1.0)
+    plain = CompressionObjective(objective.compressor, tiny_target)
+    use, without = context_use(objective, examples), context_use(plain, examples)
+    assert use.own_loss == pytest.approx(without.own_loss) and use.swapped_loss == pytest.approx(without.swapped_loss)
+
+
 def test_context_use_needs_two_samples(tiny_target):
     example = autoencoding_example(tiny_target.tokenizer, _windows(tiny_target, 1)[0])
     with pytest.raises(ValueError, match="at least 2"):
