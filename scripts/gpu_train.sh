@@ -69,7 +69,9 @@ unstash() {  # a file accept has published in the meantime wins over the stashed
 prepare() {
     local work=$LEASE_DIR.build
     rm -rf "$work" && mkdir -p "$work/data"
-    [ -f data/pretrain_train.jsonl ] && [ -f data/instruct_train.jsonl ] || die "no data/: run python -m icformer prepare-data --out data"
+    # A fresh clone has no data/: build it from the package registries, as train_default.sh does.
+    [ -f data/pretrain_train.jsonl ] && [ -f data/instruct_train.jsonl ] || $PY -m icformer prepare-data --out data >&2 \
+        || die "no data/ and python -m icformer prepare-data --out data failed"
     case $LEASE_DIR in
     /*) ;;  # outside the tree (a rehearsal's)
     *) git check-ignore -q "$LEASE_DIR" || die "$LEASE_DIR is not ignored by git, so it would travel in every call" ;;
