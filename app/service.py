@@ -49,7 +49,8 @@ def default_factory(device: str | None = None, profile: str | None = None,
 
     def build() -> LoadedModel:
         from icformer import UntrainedWarning
-        from icformer.profiles import DEFAULT_PROFILE, load_profile_or_fallback, resolve_profile_name
+        from icformer.compressor import load_profile_or_fallback
+        from icformer.profiles import DEFAULT_PROFILE, resolve_profile_name
 
         requested, instead = resolve_profile_name(profile), fallback or DEFAULT_PROFILE
         with warnings.catch_warnings():

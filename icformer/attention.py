@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .defaults import ASSETS_DIR, CHECKPOINTS_DIR
 from .modeling_icformer import ICFormerModel
 from .prompts import context_prefix_ids, prompt_style
 
@@ -156,21 +157,19 @@ def _read_text(path: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .compressor import ASSETS_DIR
     from .llm import load_llm
+    from .models import load_model
 
-    checkpoints = args.checkpoints or [ASSETS_DIR / "checkpoints" / n for n in ("icformer", "icformer-no-pretrain")]
+    checkpoints = args.checkpoints or [CHECKPOINTS_DIR / n for n in ("icformer", "icformer-no-pretrain")]
     texts = args.texts or sorted((ASSETS_DIR / "examples").glob("*.json"))
     names = [path.name for path in checkpoints]
     if len(set(names)) < len(names):  # same folder name in two places: tell them apart by path
         names = [str(path) for path in checkpoints]
-    models = {name: ICFormerModel.from_pretrained(path).eval() for name, path in zip(names, checkpoints)}
     target = load_llm(args.llm, device="cpu")
+    models = {name: load_model(path, target, "icformer").eval() for name, path in zip(names, checkpoints)}
     contexts = [target.tokenizer(_read_text(t), add_special_tokens=False)["input_ids"] for t in texts]
     results = {}
     for name, model in models.items():
-        if model.config.hidden_size != target.hidden_size:
-            raise ValueError(f"{name} has hidden size {model.config.hidden_size}, the LLM {target.hidden_size}")
         results[name] = {"trained": model.trained, "texts": len(contexts),
                          "layers": [asdict(s) for s in analyse_ids(target, model, contexts, args.window)]}
     if args.json:

@@ -31,11 +31,13 @@ from typing import Any, Callable
 import torch
 
 from .architecture import ARCHITECTURES, random_llm
-from .compressor import EMBEDDED_COMPRESSOR, ContextCompressor, encode
+from .compressor import ContextCompressor, build_compressor, encode
+from .defaults import EMBEDDED_K, EMBEDDED_L, SOURCE_COMMIT_ENV
 from .flops import Flops, chunk_grid, icae_flops, icformer_flops, measure_flops
 from .generation import SamplingOptions, generate_from_embeds
-from .modeling_icformer import ICFormerConfig, ICFormerModel
+from .models import new_model
 from .prompts import assemble, prompt_style, question_layout
+from .spec import CompressorSpec
 from .timing import cpu_name, elapsed, peak_memory_bytes, reset_peak_memory, source_commit
 
 DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096)
@@ -47,7 +49,6 @@ DECODE_TOKENS = 32  # new tokens decoded per method at batch 1 (quick: QUICK_DEC
 QUICK_DECODE_TOKENS = 16
 QUESTION = "What is the main point of this text?"
 FILE_STEM = "bench"
-SOURCE_COMMIT_ENV = "ICFORMER_SOURCE_COMMIT"  # overrides the git commit recorded in the results' meta
 
 # One row per (batch_size, length, method); every row carries every column (None = not applicable).
 COLUMNS = (
@@ -381,12 +382,9 @@ def with_icae(cc: ContextCompressor, seed: int = 0) -> ContextCompressor:
     """`cc`, or (when it has no ICAE) its LLM and IC-Former plus a seeded random ICAE of the same k and L."""
     if cc.icae is not None:
         return cc
-    from .icae import ICAEConfig, ICAEModel
-
-    torch.manual_seed(seed)
     config = cc.icformer.config
-    icae = ICAEModel(ICAEConfig.for_llm(cc.llm.config, config.num_digest_tokens, config.chunk_size), cc.target)
-    return ContextCompressor(cc.target, cc.icformer, icae, max_context_tokens=cc.max_context_tokens)
+    return cc.replacing(icae=new_model("icae", cc.target, seed=seed, num_digest_tokens=config.num_digest_tokens,
+                                       chunk_size=config.chunk_size))
 
 
 # --------------------------------------------------------------------------- command line
@@ -413,9 +411,9 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
                         help="time shapes only, for machines without the weights: the LLM built with seeded random "
                              "weights from ARCH (an architecture directory, or one of: "
                              f"{', '.join(ARCHITECTURES)}), and random IC-Former and ICAE")
-    parser.add_argument("--num-digest-tokens", type=int, default=EMBEDDED_COMPRESSOR["num_digest_tokens"],
+    parser.add_argument("--num-digest-tokens", type=int, default=EMBEDDED_K,
                         help="k of the random compressors (with --random-weights; the paper: 128)")
-    parser.add_argument("--chunk-size", type=int, default=EMBEDDED_COMPRESSOR["chunk_size"],
+    parser.add_argument("--chunk-size", type=int, default=EMBEDDED_L,
                         help="L of the random compressors (with --random-weights; the paper: 512)")
     parser.add_argument("--out", type=Path, default=Path("out/bench"), help="directory for bench.csv/json/html")
     parser.add_argument("--json", action="store_true", help="print the JSON results instead of the table")
@@ -425,11 +423,8 @@ def _random_compressor(args: argparse.Namespace) -> ContextCompressor:
     """`--random-weights`: a random-weight LLM of the named architecture and a seeded random IC-Former."""
     if args.llm or args.icformer or args.icae or args.profile:
         raise ValueError("--random-weights builds every model from the architecture; drop --llm/--icformer/--icae/--profile")
-    target = random_llm(args.random_weights, device=args.device)
-    torch.manual_seed(0)
-    config = ICFormerConfig.for_llm(target.model.config, num_digest_tokens=args.num_digest_tokens,
-                                    chunk_size=args.chunk_size)
-    return ContextCompressor(target, ICFormerModel(config).to(target.dtype))
+    spec = CompressorSpec(num_digest_tokens=args.num_digest_tokens, chunk_size=args.chunk_size)
+    return build_compressor(spec, target=random_llm(args.random_weights, device=args.device))
 
 
 def run(args: argparse.Namespace) -> int:

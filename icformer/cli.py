@@ -47,13 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
 
 
 def _compressor(args):
-    from .compressor import ContextCompressor
+    from .compressor import build_compressor, load_profile
+    from .spec import CompressorSpec
 
     if args.llm is None and args.icformer is None and args.icae is None:
-        return ContextCompressor.from_profile(getattr(args, "profile", None), device=args.device)  # None: env
+        return load_profile(getattr(args, "profile", None), device=args.device)  # None: $ICFORMER_PROFILE
     if getattr(args, "profile", None) is not None:
         raise ValueError("pass either --profile or --llm/--icformer/--icae, not both")
-    return ContextCompressor.from_pretrained(args.llm, args.icformer, args.icae, device=args.device)
+    return build_compressor(CompressorSpec(llm=args.llm, icformer=args.icformer, icae=args.icae, device=args.device))
 
 
 def _load_context(path: Path):

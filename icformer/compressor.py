@@ -11,7 +11,6 @@ embeddings, the reference every comparison needs).
 
 from __future__ import annotations
 
-import os
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -19,25 +18,22 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from .base import CompressorModel
 from .context import VERSION, CompressedContext
+from .defaults import CHECKPOINTS_DIR, DEFAULT_PROFILE, METHODS, RECONSTRUCTION_MARGIN
 from .generation import Answer, SamplingOptions, decode_text, generate_from_embeds, stream_from_embeds
 from .llm import TargetLLM, load_llm
-from .modeling_icformer import ICFormerConfig, ICFormerModel
+from .models import check_fits, load_model, new_model
+from .profiles import ProfileUnavailable, embedded_profile, get_profile, missing_pieces, resolve_profile_name
 from .prompts import assemble, context_prefix_ids, prompt_style, question_layout, reconstruction_layout, stop_token_ids
+from .spec import CompressorSpec
 from .text import DEFAULT_MAX_CONTEXT_TOKENS, check_length, clean_text
 from .timing import now, peak_memory_bytes, reset_peak_memory
 
-METHODS = ("icformer", "icae", "full")
-ASSETS_DIR = Path(os.environ.get("ICFORMER_ASSETS", Path(__file__).resolve().parent.parent / "assets"))
-# The embedded default keeps the paper's 4x ratio at a size 2 CPU cores can train:
-# k=32 digests per chunk of L=128 tokens (the paper: k=128, L=512).
-EMBEDDED_COMPRESSOR = dict(num_digest_tokens=32, chunk_size=128)
-# Reconstruction decodes up to the context's own length plus this many tokens by default.
-RECONSTRUCTION_MARGIN = 16
 
-
-def encode(model: Any | None, target: TargetLLM, ids: list[list[int]]) -> list[torch.Tensor]:
-    """Vectors per context: IC-Former digests, ICAE slots, or (model None) the token embeddings.
+def encode(model: CompressorModel | None, target: TargetLLM, ids: list[list[int]]) -> list[torch.Tensor]:
+    """Vectors per context: the compressor's (IC-Former digests, ICAE slots), or (model None) the
+    context's own token embeddings, the full-context reference.
 
     Shared by inference and training, so gradients flow when the caller allows them. A
     compressor reads the context as its prompt style says (ICAE v2: <bos> first).
@@ -45,34 +41,81 @@ def encode(model: Any | None, target: TargetLLM, ids: list[list[int]]) -> list[t
     prefix = context_prefix_ids(target.tokenizer, prompt_style(model))
     if prefix:
         ids = [prefix + list(i) for i in ids]
-    if model is not None and model.method == "icae":
-        return model.compress(ids)  # ICAE runs the LLM itself, from token ids
-    embeds = [target.embed(torch.tensor(i, device=target.device)) for i in ids]
-    return embeds if model is None else model.compress(embeds)  # None: "full", the context itself
+    if model is not None:
+        return model.encode(ids, target.embed)
+    return [target.embed(torch.tensor(i, device=target.device)) for i in ids]
 
 
 class UntrainedWarning(UserWarning):
     """The compressor's weights are random: its outputs are noise, not results."""
 
 
+def build_compressor(spec: CompressorSpec, *, target: TargetLLM | None = None, **kwargs: Any) -> "ContextCompressor":
+    """The one factory: the LLM (or `target`, already loaded) and the compressors `spec` names.
+
+    Extra keyword arguments go to ContextCompressor (e.g. max_context_tokens)."""
+    if target is None:
+        dtype = getattr(torch, spec.dtype) if spec.dtype else None
+        target = load_llm(spec.llm, gguf_file=spec.gguf_file, device=spec.device, dtype=dtype)
+    shape = dict(seed=spec.seed, num_digest_tokens=spec.num_digest_tokens, chunk_size=spec.chunk_size)
+    icformer = load_model(spec.icformer, target, "icformer") if spec.icformer else new_model("icformer", target, **shape)
+    icae = None
+    if spec.icae is True:
+        icae = new_model("icae", target, **shape)
+    elif spec.icae:
+        icae = load_model(spec.icae, target, "icae")
+    return ContextCompressor(target, icformer, icae, **kwargs)
+
+
+def load_profile(name: str | None = None, *, device: str | None = None, seed: int = 0,
+                 **kwargs: Any) -> "ContextCompressor":
+    """A ready `ContextCompressor` for a profile (None: $ICFORMER_PROFILE, else "embedded").
+
+    Raises ProfileUnavailable (a FileNotFoundError) naming what is missing and how to get it.
+    Extra keyword arguments go to ContextCompressor (e.g. max_context_tokens).
+    """
+    profile = get_profile(name)
+    missing = missing_pieces(profile, probe_network=True)
+    if missing:
+        raise ProfileUnavailable(profile.name, missing)
+    try:
+        return build_compressor(profile.spec(device=device, seed=seed), **kwargs)
+    except FileNotFoundError as err:  # the LLM is not cached and not downloadable (offline, gated, no token)
+        how = f"; {profile.llm_how_to}" if profile.llm_how_to else ""
+        raise ProfileUnavailable(profile.name, [f"LLM {profile.llm_source()}: {err}{how}"]) from err
+
+
+def load_profile_or_fallback(
+    name: str | None = None, *, fallback: str = DEFAULT_PROFILE, **kwargs: Any
+) -> tuple["ContextCompressor", str | None]:
+    """(compressor, None) for the profile, or (the fallback profile's compressor, why) when it
+    cannot be loaded: the app keeps running on the embedded model and shows the message."""
+    resolved = resolve_profile_name(name)
+    if resolved == fallback:
+        return load_profile(fallback, **kwargs), None
+    try:
+        return load_profile(resolved, **kwargs), None
+    except (ProfileUnavailable, ValueError, OSError, RuntimeError) as err:
+        # ValueError: unknown name or a checkpoint that does not fit; RuntimeError: e.g. out of memory
+        reason = str(err) if isinstance(err, (ProfileUnavailable, ValueError)) else f"{type(err).__name__}: {err}"
+        message = f"{reason}\nUsing the {fallback!r} profile instead."
+        return load_profile(fallback, **kwargs), message
+
+
 class ContextCompressor:
     def __init__(
         self,
         target: TargetLLM,
-        icformer: ICFormerModel,
-        icae: Any | None = None,
+        icformer: CompressorModel,
+        icae: CompressorModel | None = None,
         *,
         max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS,
     ) -> None:
         for model in filter(None, (icformer, icae)):
             prompt_style(model)  # an unknown style fails here, not at the first question
-            if model.config.hidden_size != target.hidden_size:
-                raise ValueError(
-                    f"{model.method} checkpoint has hidden size {model.config.hidden_size}, "
-                    f"but the LLM {target.name} has hidden size {target.hidden_size}"
-                )
+            check_fits(model, target)
         self.target = target
-        self.icformer = icformer.to(target.device).eval().requires_grad_(False)
+        self.icformer = icformer.to(device=target.device, dtype=target.dtype).eval().requires_grad_(False)
         self.icae = icae.to(target.device).eval().requires_grad_(False) if icae is not None else None
         self.max_context_tokens = max_context_tokens
         for model in filter(None, (icformer, icae)):
@@ -104,41 +147,32 @@ class ContextCompressor:
         Without an IC-Former checkpoint a seeded random one sized for the LLM is built;
         `icae` is an ICAE checkpoint, True for a seeded random ICAE, or None/False for none.
         """
-        target = load_llm(llm, gguf_file=gguf_file, device=device, dtype=dtype)
-        if icformer is not None:
-            model = ICFormerModel.from_pretrained(icformer)
-        else:
-            torch.manual_seed(seed)
-            model = ICFormerModel(ICFormerConfig.for_llm(target.model.config, **EMBEDDED_COMPRESSOR))
-        icae_model = None
-        if icae is True:
-            from .icae import ICAEConfig, ICAEModel
-
-            torch.manual_seed(seed)
-            icae_model = ICAEModel(ICAEConfig.for_llm(target.model.config, **EMBEDDED_COMPRESSOR), target)
-        elif icae:
-            from .icae import ICAEModel
-
-            icae_model = ICAEModel.from_pretrained(icae, target)
-        return cls(target, model.to(target.dtype), icae_model, **kwargs)
+        dtype_name = str(dtype).removeprefix("torch.") if dtype is not None else None
+        spec = CompressorSpec(llm=llm, gguf_file=gguf_file, icformer=icformer, icae=icae, device=device,
+                              dtype=dtype_name, seed=seed)
+        return build_compressor(spec, **kwargs)
 
     @classmethod
-    def from_default(cls, *, device: str | None = None, assets_dir: str | Path | None = None, **kwargs: Any):
+    def from_default(cls, *, device: str | None = None, assets_dir: str | Path | None = None, seed: int = 0,
+                     **kwargs: Any) -> "ContextCompressor":
         """The embedded default: SmolLM2-135M-Instruct plus the checkpoints under assets/.
 
         A missing checkpoint is replaced by a seeded random model (marked trained=False), so
         IC-Former and ICAE can be compared out of the box.
         """
-        checkpoints = Path(assets_dir or ASSETS_DIR) / "checkpoints"
-        found = lambda name: checkpoints / name if (checkpoints / name / "config.json").is_file() else None  # noqa: E731
-        return cls.from_pretrained(None, found("icformer"), found("icae") or True, device=device, **kwargs)
+        checkpoints = Path(assets_dir) / "checkpoints" if assets_dir else CHECKPOINTS_DIR
+        return build_compressor(embedded_profile(checkpoints).spec(device=device, seed=seed), **kwargs)
 
     @classmethod
     def from_profile(cls, name: str | None = None, **kwargs: Any) -> "ContextCompressor":
         """A named setting from profiles.py: "embedded" (default), "paper"; None reads $ICFORMER_PROFILE."""
-        from .profiles import load_profile
-
         return load_profile(name, **kwargs)
+
+    def replacing(self, **models: CompressorModel | None) -> "ContextCompressor":
+        """This compressor's LLM with other models (``icformer=``, ``icae=``): an evaluation swaps one in."""
+        chosen = {"icformer": self.icformer, "icae": self.icae, **models}
+        return ContextCompressor(self.target, chosen["icformer"], chosen["icae"],
+                                 max_context_tokens=self.max_context_tokens)
 
     # ----------------------------------------------------------------------- properties
 
@@ -158,7 +192,8 @@ class ContextCompressor:
         """Methods this instance can run."""
         return [m for m in METHODS if m != "icae" or self.icae is not None]
 
-    def _compressor(self, method: str):
+    def model_for(self, method: str) -> CompressorModel | None:
+        """The model behind `method` (None for "full", which has none); refuses an unknown or unloaded one."""
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
         if method == "icae" and self.icae is None:
@@ -189,7 +224,7 @@ class ContextCompressor:
         texts = [text] if single else list(text)
         if not texts:
             raise ValueError("no contexts given")
-        model = self._compressor(method)
+        model = self.model_for(method)
         ids = [self.tokenize(t) for t in texts]
         reset_peak_memory(self.device)
         start = now(self.device)
@@ -248,7 +283,7 @@ class ContextCompressor:
                 f"{self.target.fingerprint[:12]}, hidden {self.target.hidden_size}).{why} "
                 "Compress it again with this LLM."
             )
-        self._compressor(context.method)
+        self.model_for(context.method)
 
     def answer(
         self,
@@ -295,7 +330,7 @@ class ContextCompressor:
     def _question_prompt(self, context, question, method):
         question = clean_text(question, "question")
         ctx = self._as_context(context, method)
-        model = self._compressor(ctx.method)  # None for the full context: chat template, no task vector
+        model = self.model_for(ctx.method)  # None for the full context: chat template, no task vector
         return ctx, question_layout(self.tokenizer, question, task=None if model is None else "FT",
                                     style=prompt_style(model))
 
@@ -304,11 +339,11 @@ class ContextCompressor:
         if ctx.method == "full":
             raise ValueError("the full-context method keeps the text itself; there is nothing to reconstruct")
         sampling.setdefault("max_new_tokens", ctx.num_tokens + RECONSTRUCTION_MARGIN)
-        layout = reconstruction_layout(self.tokenizer, prompt_style(self._compressor(ctx.method)))
+        layout = reconstruction_layout(self.tokenizer, prompt_style(self.model_for(ctx.method)))
         return ctx, layout, SamplingOptions(**sampling)
 
     def _inputs(self, ctx: CompressedContext, layout) -> torch.Tensor:
-        model = self._compressor(ctx.method)
+        model = self.model_for(ctx.method)
         task_vector = model.task_embedding(layout.task) if layout.task else None
         vectors = ctx.vectors.to(device=self.device, dtype=self.target.dtype)
         return assemble(self.target.embed, layout, vectors, task_vector)

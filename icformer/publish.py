@@ -23,8 +23,9 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from .data import sha256_file
-from .modeling_icformer import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_metadata
+from .io import partial_path, sha256_file
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_metadata
+from .defaults import ASSETS_DIR
 from .train import latest_checkpoint
 
 # Published name -> the runs (under the runs dir) it went through, in order.
@@ -116,7 +117,7 @@ def write_bf16_weights(source: Path, dest: Path) -> None:
     """
     metadata = read_checkpoint_metadata(source)
     tensors = {name: t.to(PUBLISHED_DTYPE) if t.is_floating_point() else t for name, t in load_file(str(source)).items()}
-    partial = dest.with_name(dest.name + ".partial")
+    partial = partial_path(dest)
     save_file(tensors, str(partial), metadata=metadata)
     os.replace(partial, dest)
 
@@ -142,7 +143,7 @@ def summarise_stage(run_dir: Path, data_dir: Path) -> StageSummary:
 def heldout_reconstruction(cc, method: str, data_dir: Path, samples: int, length: int, seed: int) -> dict[str, Any]:
     """Greedy reconstruction of `samples` validation windows of `length` tokens (+16 new tokens at most),
     scored as `python -m icformer evaluate` scores its reconstructions: mean BLEU, token accuracy, CE."""
-    from .data import read_jsonl
+    from .io import read_jsonl
     from .evaluate import Method, TextSource, encode_timed, generate_batch, reconstruction_ce
     from .metrics import sentence_bleu
     from .prompts import prompt_style, reconstruction_layout
@@ -316,8 +317,6 @@ def card_summary(card: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
-    from .compressor import ASSETS_DIR
-
     parser.add_argument("--runs", type=Path, default=Path("runs/default"), help="where scripts/train_default.sh trained")
     parser.add_argument("--assets", type=Path, default=ASSETS_DIR, help="writes <assets>/checkpoints/<name>/")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))

@@ -32,6 +32,7 @@ from .objectives import (
     question_example,
 )
 from .diagnose import context_use
+from .models import load_model, new_model
 from .prompts import prompt_style
 from .timing import machine_description
 
@@ -158,7 +159,7 @@ class SampleStream:
 
 
 def load_rows(config: TrainConfig, split: str) -> list[dict]:
-    from .data import read_jsonl
+    from .io import read_jsonl
 
     name = {"pretrain": "pretrain_{}.jsonl", "finetune": "instruct_{}.jsonl"}[config.stage]
     split_name = {"pretrain": {"train": "train", "valid": "valid"}, "finetune": {"train": "train", "valid": "test"}}
@@ -172,26 +173,16 @@ def load_rows(config: TrainConfig, split: str) -> list[dict]:
 
 
 def build_compressor(config: TrainConfig, target):
-    """A fresh compressor sized for the LLM, or one loaded from `init_from`."""
-    from .modeling_icformer import ICFormerConfig, ICFormerModel
-
-    torch.manual_seed(config.seed)
+    """A fresh compressor sized for the LLM, or one loaded from `init_from` / `continue_from`."""
+    torch.manual_seed(config.seed)  # what follows draws from it too (the readout's init)
     source = config.init_from or (str(Path(config.continue_from) / "model") if config.continue_from else None)
-    if config.method == "icformer":
-        if source:  # the model's shape and options are the checkpoint's own
-            return ICFormerModel.from_pretrained(source)
-        return ICFormerModel(ICFormerConfig.for_llm(
-            target.model.config, num_digest_tokens=config.num_digest_tokens, chunk_size=config.chunk_size,
-            output_norm_init=config.output_norm_init, digest_init_std=config.digest_init_std,
-            local_window_layers=config.local_window_layers,
-        ))
-    from .icae import ICAEConfig, ICAEModel
-
-    if source:
-        return ICAEModel.from_pretrained(source, target)
-    icae_config = ICAEConfig.for_llm(target.model.config, config.num_digest_tokens, config.chunk_size)
-    icae_config.lora_r = config.lora_r
-    return ICAEModel(icae_config, target)
+    if source:  # the model's shape and options are the checkpoint's own
+        return load_model(source, target, config.method)
+    options = (dict(output_norm_init=config.output_norm_init, digest_init_std=config.digest_init_std,
+                    local_window_layers=config.local_window_layers)
+               if config.method == "icformer" else dict(lora_r=config.lora_r))
+    return new_model(config.method, target, seed=config.seed, num_digest_tokens=config.num_digest_tokens,
+                     chunk_size=config.chunk_size, **options)
 
 
 def trainable_parameters(compressor) -> list[torch.nn.Parameter]:

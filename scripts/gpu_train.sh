@@ -160,7 +160,7 @@ print(llm._cache_root(None) / 'embedded' / f'{llm.EMBEDDED_DIST}-{llm.EMBEDDED_V
     mkdir -p "$(dirname "$gguf_dest")"
     [ -f "$gguf_dest" ] || cp "$gguf" "$gguf_dest"
     $PY -c "
-import sys; from icformer.llm import embedded_gguf_path; from icformer.data import sha256_file
+import sys; from icformer.llm import embedded_gguf_path; from icformer.io import sha256_file
 used, shipped = embedded_gguf_path(), sys.argv[1]
 assert sha256_file(used) == sha256_file(shipped), f'{used} is not the GGUF shipped'" "$gguf"
     if command -v nvidia-smi >/dev/null; then nvidia-smi -L; fi

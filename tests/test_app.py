@@ -30,7 +30,7 @@ from app.results import filter_samples, load_results
 from app.service import ModelService, TurnLock, default_factory
 from icformer import CompressedContext, ContextCompressor, UntrainedWarning
 from icformer.bench import COLUMNS as BENCH_COLUMNS
-from icformer.compressor import RECONSTRUCTION_MARGIN
+from icformer.defaults import RECONSTRUCTION_MARGIN
 from icformer.generation import decode_text
 from icformer.llm import load_llm
 

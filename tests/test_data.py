@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from icformer import data as D
+from icformer.io import read_jsonl, write_jsonl
 
 # --------------------------------------------------------------------------------------
 # Made-up text
@@ -197,7 +198,7 @@ def check_outputs(out: Path, manifest: dict) -> dict[str, list[dict]]:
         path = out / name
         info = manifest["outputs"][name]
         assert info["sha256"] == _sha256(path), name
-        rows[name] = D.read_jsonl(path)
+        rows[name] = read_jsonl(path)
         assert info["rows"] == len(rows[name]) > 0, name
         ids = [r["id"] for r in rows[name]]
         assert len(ids) == len(set(ids)), f"duplicate ids in {name}"
@@ -399,9 +400,9 @@ def test_split_by_context_groups_rows() -> None:
 
 def test_jsonl_readers(tmp_path: Path) -> None:
     rows = [{"id": "a", "text": "Ünïcode text — fine."}, {"id": "b", "text": "second"}]
-    info = D.write_jsonl(tmp_path / "x.jsonl", rows)
+    info = write_jsonl(tmp_path / "x.jsonl", rows)
     assert info == {"sha256": _sha256(tmp_path / "x.jsonl"), "rows": 2}
-    assert D.read_jsonl(tmp_path / "x.jsonl") == rows
+    assert read_jsonl(tmp_path / "x.jsonl") == rows
     assert list(D.iter_pretrain_texts(tmp_path / "x.jsonl")) == ["Ünïcode text — fine.", "second"]
 
 

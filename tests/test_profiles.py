@@ -11,13 +11,12 @@ import torch
 from icformer import ContextCompressor, UntrainedWarning
 from icformer import profiles as prof
 from icformer.cli import main
+from icformer.compressor import load_profile, load_profile_or_fallback
 from icformer.llm import load_llm
 from icformer.profiles import (
     Profile,
     ProfileUnavailable,
     list_profiles,
-    load_profile,
-    load_profile_or_fallback,
     register_profile,
     unregister_profile,
 )
