@@ -1,6 +1,6 @@
 """Compression FLOPs three ways: the paper's formulas, an exact count, and a measurement.
 
-PAPER.md §4 counts matrix multiplications only, 2 FLOPs per multiply-add, and attention
+docs/paper.md §4.3 counts matrix multiplications only, 2 FLOPs per multiply-add, and attention
 over the full (unmasked) score matrix, as kernels compute it. Symbols: b rows (contexts x
 chunks), s tokens per chunk, k digests/slots per chunk, h hidden, m FFN width.
 

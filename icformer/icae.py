@@ -1,6 +1,6 @@
 """ICAE, the baseline IC-Former is measured against (Ge et al., ICLR 2024, arXiv 2307.06945).
 
-As the IC-Former authors replicated it (PAPER.md §3): the target LLM itself is the encoder,
+As the IC-Former authors replicated it (docs/paper.md §3.4): the target LLM itself is the encoder,
 with a LoRA adapter. Each <= L-token segment of a context is followed by k learnable memory
 tokens; the LLM's last-layer states (the final-norm output its lm_head reads) at those k
 positions are the segment's slots. The same LLM decodes the slots with the adapter off, so

@@ -7,23 +7,21 @@ tree leaves in one call, carried in calls made back to back while the machine st
 comes back is one tar cut into parts. A manifest of sha256s travels with both, so either end
 rebuilds the files and refuses any part that is missing or differs.
 
-    python -m icformer.lease size                          # MiB the tree sends before any carry
-    python -m icformer.lease pack DIR --room-mib R FILE..  # DIR/ship-N/ + DIR/meta/manifest.json
-    python -m icformer.lease check DIR                     # which shipments have arrived
-    python -m icformer.lease unpack DIR DEST               # rebuild every file into DEST
-    python -m icformer.lease bundle SRC OUT                # SRC as OUT/bundle.tar.partNN + bundle.json
-    python -m icformer.lease unbundle OUT DEST             # and back
+    python -m icformer.cli.lease size                          # MiB the tree sends before any carry
+    python -m icformer.cli.lease pack DIR --room-mib R FILE..  # DIR/ship-N/ + DIR/meta/manifest.json
+    python -m icformer.cli.lease check DIR                     # which shipments have arrived
+    python -m icformer.cli.lease unpack DIR DEST               # rebuild every file into DEST
+    python -m icformer.cli.lease bundle SRC OUT                # SRC as OUT/bundle.tar.partNN + bundle.json
+    python -m icformer.cli.lease unbundle OUT DEST             # and back
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -90,7 +88,7 @@ def pack(files: list[Path], out_dir: Path, room: int) -> dict:
     return manifest
 
 
-def _manifest(lease_dir: Path) -> dict:
+def manifest(lease_dir: Path) -> dict:
     path = lease_dir / "meta" / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"no {path}: run `bash scripts/gpu_train.sh prepare` and carry its meta folder")
@@ -100,7 +98,7 @@ def _manifest(lease_dir: Path) -> dict:
 def missing_parts(lease_dir: Path) -> dict[int, list[str]]:
     """Shipment number -> its parts that are absent or differ from the manifest (empty: all here)."""
     missing: dict[int, list[str]] = {}
-    for entry in _manifest(lease_dir)["files"]:
+    for entry in manifest(lease_dir)["files"]:
         for part in entry["parts"]:
             path = lease_dir / part["file"]
             if not path.is_file() or path.stat().st_size != part["bytes"] or sha256_file(path) != part["sha256"]:
@@ -116,7 +114,7 @@ def unpack(lease_dir: Path, dest: Path) -> list[Path]:
             f"shipment {n} ({len(p)} parts: carry ship-{n} again)" for n, p in sorted(missing.items())))
     dest.mkdir(parents=True, exist_ok=True)
     built = []
-    for entry in _manifest(lease_dir)["files"]:
+    for entry in manifest(lease_dir)["files"]:
         target, partial = dest / entry["name"], dest / (entry["name"] + ".partial")
         with open(partial, "wb") as out:
             for part in entry["parts"]:
@@ -169,42 +167,3 @@ def unbundle(out_dir: Path, dest: Path) -> Path:
         with tarfile.open(tar) as handle:
             handle.extractall(dest, filter="data")
     return dest
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m icformer.lease", description=__doc__.split("\n\n")[0])
-    verbs = parser.add_subparsers(dest="verb", required=True)
-    verbs.add_parser("size")
-    p = verbs.add_parser("pack")
-    p.add_argument("out_dir", type=Path)
-    p.add_argument("files", type=Path, nargs="+")
-    p.add_argument("--room-mib", type=float, required=True)
-    verbs.add_parser("check").add_argument("lease_dir", type=Path)
-    for verb, first, second in (("unpack", "lease_dir", "dest"), ("bundle", "source", "out_dir"),
-                                ("unbundle", "out_dir", "dest")):
-        p = verbs.add_parser(verb)
-        p.add_argument(first, type=Path)
-        p.add_argument(second, type=Path)
-    args = parser.parse_args(argv)
-    if args.verb == "size":
-        print(tree_bytes())
-    elif args.verb == "pack":
-        print(json.dumps(pack(args.files, args.out_dir, int(args.room_mib * MIB))["shipments"]))
-    elif args.verb == "check":
-        missing = missing_parts(args.lease_dir)
-        total = _manifest(args.lease_dir)["shipments"]
-        print(f"shipments here: {sorted(set(range(1, total + 1)) - set(missing))} of {total}"
-              + (f"; missing or damaged: {sorted(missing)}" if missing else ""))
-    elif args.verb == "unpack":
-        for path in unpack(args.lease_dir, args.dest):
-            print(path)
-    elif args.verb == "bundle":
-        record = bundle(args.source, args.out_dir)
-        print(f"{len(record['parts'])} parts, {record['bytes'] / MIB:.1f} MiB")
-    else:
-        print(unbundle(args.out_dir, args.dest))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

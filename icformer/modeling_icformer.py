@@ -80,8 +80,8 @@ class ICFormerConfig(ChunkedCompressorConfig):
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02
-    # Deviations from the paper, off by default (see MEASUREMENTS.md): the reference code
-    # starts digests at zero and the final norm gain at 1.0, which puts outputs ~7x above
+    # Deviations from the paper, off by default (docs/machine.md §4, docs/paper.md §2.1): the
+    # reference code starts digests at zero and the final norm gain at 1.0, which puts outputs ~7x above
     # the scale of the word embeddings the LLM expects.
     digest_init_std: float = 0.0
     output_norm_init: float = 1.0

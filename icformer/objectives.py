@@ -1,4 +1,4 @@
-"""Training objectives (PAPER.md §3): the frozen LLM scores what it should read back.
+"""Training objectives (docs/paper.md §3): the frozen LLM scores what it should read back.
 
 * autoencoding (pre-training):  [vectors][AE] <bos> context </s>   loss on context + </s>
 * language modelling (ICAE):    [vectors][LM] continuation </s>     loss on the continuation

@@ -1,4 +1,4 @@
-"""Token layouts the frozen LLM reads around a compressed context (PAPER.md §3).
+"""Token layouts the frozen LLM reads around a compressed context (docs/paper.md §3.3).
 
 A checkpoint must be prompted the way it was trained, so each compressor config names a prompt
 style (``ChunkedCompressorConfig.prompt_style``). ``|`` separates pieces tokenised apart (each

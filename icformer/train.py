@@ -10,14 +10,13 @@ same loop is right under every backend.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
 import shutil
 import signal
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +80,6 @@ class TrainConfig:
     # Wall-clock seconds this invocation may train (from its first step): at the deadline it saves and
     # ends as finished, as at max_steps, so a lease's stage never overruns. None: no deadline.
     time_budget_s: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_sources(cls, preset: str | None = None, config_file: str | None = None, **overrides: Any):
@@ -172,7 +170,7 @@ def load_rows(config: TrainConfig, split: str) -> list[dict]:
 # --------------------------------------------------------------------------- model
 
 
-def build_compressor(config: TrainConfig, target):
+def build_model(config: TrainConfig, target):
     """A fresh compressor sized for the LLM, or one loaded from `init_from` / `continue_from`."""
     torch.manual_seed(config.seed)  # what follows draws from it too (the readout's init)
     source = config.init_from or (str(Path(config.continue_from) / "model") if config.continue_from else None)
@@ -376,7 +374,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         if config.init_from:
             raise ValueError("pass init_from or continue_from, not both")
     target = target or load_llm(config.llm, device=str(accelerator.device), dtype=torch.float32)
-    compressor = build_compressor(config, target).to(accelerator.device)
+    compressor = build_model(config, target).to(accelerator.device)
     compressor.train()
     for name, vector in compressor.task_embeddings.items():  # the paper freezes [AE] when fine-tuning
         vector.requires_grad_(name in STAGE_TASKS[config.stage])
@@ -510,26 +508,3 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
-    parser.add_argument("--preset", default=None, help=f"named settings in {PRESETS_DIR}: paper-*, cpu-*")
-    parser.add_argument("--config", default=None, help="a YAML file of TrainConfig fields")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    for f in fields(TrainConfig):
-        if f.name == "extra":
-            continue
-        flag = "--out" if f.name == "out_dir" else "--" + f.name.replace("_", "-")
-        if str(f.type) == "bool":  # --gradient-checkpointing / --no-gradient-checkpointing
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-            continue
-        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-        parser.add_argument(flag, dest=f.name, type=kind, default=None)
-
-
-def run(args: argparse.Namespace) -> int:
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "extra"}
-    config = TrainConfig.from_sources(args.preset, args.config, **overrides)
-    row = train(config, resume=args.resume)
-    print(json.dumps(row))
-    return 0

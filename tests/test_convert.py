@@ -71,7 +71,7 @@ def write_reference(directory, config, weights, params, fmt="safetensors"):
 
 
 def reference_digests(weights, params, config, context, chunk_size):
-    """PAPER.md §2 written out independently, in float64: causal cross-attention of k digests
+    """docs/paper.md §2 written out independently, in float64: causal cross-attention of k digests
     over [context; digests] with RoPE (keys at 0..n+k-1, queries at n..n+k-1), SwiGLU, final
     RMSNorm; a context longer than L is split into ceil(n/L) equal chunks."""
     w = {name: t.double() for name, t in weights.items()}

@@ -33,7 +33,7 @@ def test_paper_anchors_512_to_128_on_llama2_7b():
 def test_chunking_and_batch_scale_linearly_less_the_shared_digest_projections():
     config = ICFormerConfig(hidden_size=576, num_heads=9, intermediate_size=1536, num_digest_tokens=128, chunk_size=512)
     one_chunk = icformer_flops(config, 512)
-    assert one_chunk.paper == pytest.approx(5.7e9, rel=0.01)  # MEASUREMENTS.md, SmolLM2 sizes
+    assert one_chunk.paper == pytest.approx(5.7e9, rel=0.01)  # docs/machine.md §5, SmolLM2 sizes
     kept = 2 * 128 * 576 * 576 * 2 * 3  # digest k/v projections of 3 layers: kept between calls
     assert digest_kv_flops(config) == kept
     assert one_chunk.exact == one_chunk.paper - kept

@@ -156,7 +156,7 @@ def test_resume_is_refused_where_deepspeed_left_no_optimizer_state(tmp_path):
 
 
 def test_train_cli_has_a_boolean_gradient_checkpointing_flag():
-    from icformer.train import add_arguments
+    from icformer.cli.train import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser, "train")
@@ -285,7 +285,7 @@ def test_fsdp_config_trains_on_two_cpu_processes_resumes_exactly_and_matches_one
 
     from icformer import ICFormerModel
     from icformer.llm import load_llm
-    from icformer.train import build_compressor
+    from icformer.train import build_model
 
     config = yaml.safe_load((CONFIGS / "fsdp.yaml").read_text())
     config.update(mixed_precision="no", num_processes=2)  # bf16 is for the GPUs
@@ -316,7 +316,7 @@ def test_fsdp_config_trains_on_two_cpu_processes_resumes_exactly_and_matches_one
 
     weights = {run: load_file(str(tmp_path / run / "checkpoint-2" / "model" / "model.safetensors"))
                for run in ("fsdp", "resumed", "one")}
-    init = build_compressor(TrainConfig(num_digest_tokens=4, chunk_size=16, digest_init_std=0.02),
+    init = build_model(TrainConfig(num_digest_tokens=4, chunk_size=16, digest_init_std=0.02),
                             load_llm(str(tiny_llm_dir))).state_dict()
     assert weights["fsdp"].keys() == weights["one"].keys() == init.keys()
     assert all(weights["fsdp"][k].shape == init[k].shape for k in init)  # gathered, not one shard

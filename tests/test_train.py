@@ -100,10 +100,10 @@ def test_two_process_ddp_agrees_with_one_process(tmp_path, train_data, tiny_llm_
     subprocess.run(torchrun + common + ["--out", str(tmp_path / "ddp"), "--batch-size", "1"], env=env, check=True)
     subprocess.run([sys.executable] + common + ["--out", str(tmp_path / "one"), "--batch-size", "2"], env=env, check=True)
     ddp, one = weights(tmp_path / "ddp", 2), weights(tmp_path / "one", 2)
-    from icformer.train import TrainConfig, build_compressor
+    from icformer.train import TrainConfig, build_model
     from icformer.llm import load_llm
 
-    init = build_compressor(TrainConfig(num_digest_tokens=4, chunk_size=16, digest_init_std=0.02),
+    init = build_model(TrainConfig(num_digest_tokens=4, chunk_size=16, digest_init_std=0.02),
                             load_llm(str(tiny_llm_dir))).state_dict()
     moved = max((one[k] - init[k]).abs().max().item() for k in one)
     apart = max((one[k] - ddp[k]).abs().max().item() for k in one)
