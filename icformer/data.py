@@ -796,6 +796,45 @@ def _counts(rows: list[dict], key: str) -> dict[str, int]:
     return dict(sorted(Counter(r[key] for r in rows).items()))
 
 
+def _instruct_splits(task_json: dict, tasks: tuple[TaskSpec, ...], docs: list, passages, valid_set: set[str], *,
+                     seed: int, continuation_rows: int, test_fraction: float):
+    """(instruct train, instruct test, eval rows, stats): QA rows split by context, continuation rows by
+    document, and no context shared between eval and instruct, or between instruct train and test."""
+    parse_stats, instruct_rows, eval_rows = {}, [], []
+    for spec in tasks:
+        rows, stats = build_task_rows(spec, task_json[spec.path])
+        parse_stats[spec.path] = {"task": spec.task, "split": spec.split, **stats}
+        (eval_rows if spec.split == "eval" else instruct_rows).extend(rows)
+
+    # Instruction rows whose context also occurs in the evaluation set are dropped.
+    eval_keys = {context_key(r["input"]) for r in eval_rows}
+    n_before = len(instruct_rows)
+    instruct_rows = [r for r in instruct_rows if context_key(r["input"]) not in eval_keys]
+    dropped_eval_overlap = n_before - len(instruct_rows)
+
+    qa_train, qa_test = split_by_context(instruct_rows, seed=seed, test_fraction=test_fraction)
+
+    # Continuation rows: from validation documents -> test, from training documents -> train.
+    cont_rows, cont_stats = build_continuation_rows(docs, passages, seed=seed, max_rows=continuation_rows)
+    cont_train = [r for r in cont_rows if r["document"] not in valid_set]
+    cont_test = [r for r in cont_rows if r["document"] in valid_set]
+    for r in cont_rows:
+        del r["document"]
+    ins_train, ins_test = qa_train + cont_train, qa_test + cont_test
+    test_keys = {context_key(r["input"]) for r in ins_test}
+    n_before = len(ins_train)
+    ins_train = [r for r in ins_train if context_key(r["input"]) not in test_keys]
+    stats = {
+        "parse": parse_stats,
+        "continuation": cont_stats,
+        "dropped_context_in_eval": dropped_eval_overlap,
+        "dropped_context_in_test": n_before - len(ins_train),
+        "split": "QA rows by seeded hash of the normalised context; continuation rows by document "
+                 "(pretrain-validation documents -> test)",
+    }
+    return ins_train, ins_test, eval_rows, stats
+
+
 def prepare_from_archives(out_dir: str | Path, *, gutenberg_tgz: str | Path, stdlib_tgz: str | Path,
                           bigbench_sdist: str | Path, seed: int = 0, max_rows: int | None = None,
                           tasks: tuple[TaskSpec, ...] = TASKS, continuation_rows: int = CONTINUATION_ROWS,
@@ -824,34 +863,12 @@ def prepare_from_archives(out_dir: str | Path, *, gutenberg_tgz: str | Path, std
     pre_train = [r for r in pre_rows if r["document"] not in valid_set]
     pre_valid = [r for r in pre_rows if r["document"] in valid_set]
 
-    # --- BIG-bench tasks ----------------------------------------------------------
+    # --- BIG-bench tasks and continuations ----------------------------------------
     log.info("reading BIG-bench tasks from %s ...", archives["bigbench"])
     task_json, bb_info = load_bigbench_tasks(archives["bigbench"], [t.path for t in tasks])
-    parse_stats, instruct_rows, eval_rows = {}, [], []
-    for spec in tasks:
-        rows, stats = build_task_rows(spec, task_json[spec.path])
-        parse_stats[spec.path] = {"task": spec.task, "split": spec.split, **stats}
-        (eval_rows if spec.split == "eval" else instruct_rows).extend(rows)
-
-    # Instruction rows whose context also occurs in the evaluation set are dropped.
-    eval_keys = {context_key(r["input"]) for r in eval_rows}
-    n_before = len(instruct_rows)
-    instruct_rows = [r for r in instruct_rows if context_key(r["input"]) not in eval_keys]
-    dropped_eval_overlap = n_before - len(instruct_rows)
-
-    qa_train, qa_test = split_by_context(instruct_rows, seed=seed, test_fraction=test_fraction)
-
-    # Continuation rows: from validation documents -> test, from training documents -> train.
-    cont_rows, cont_stats = build_continuation_rows(docs, passages, seed=seed, max_rows=continuation_rows)
-    cont_train = [r for r in cont_rows if r["document"] not in valid_set]
-    cont_test = [r for r in cont_rows if r["document"] in valid_set]
-    for r in cont_rows:
-        del r["document"]
-    ins_train, ins_test = qa_train + cont_train, qa_test + cont_test
-    test_keys = {context_key(r["input"]) for r in ins_test}
-    n_before = len(ins_train)
-    ins_train = [r for r in ins_train if context_key(r["input"]) not in test_keys]
-    dropped_cross_split = n_before - len(ins_train)
+    ins_train, ins_test, eval_rows, instruct_stats = _instruct_splits(
+        task_json, tasks, docs, passages, valid_set, seed=seed, continuation_rows=continuation_rows,
+        test_fraction=test_fraction)
 
     # --- write ------------------------------------------------------------------
     outputs = {
@@ -898,14 +915,7 @@ def prepare_from_archives(out_dir: str | Path, *, gutenberg_tgz: str | Path, std
             "valid_documents": valid_ids,
             "passages_total": len(pre_rows),
         },
-        "instruct": {
-            "parse": parse_stats,
-            "continuation": cont_stats,
-            "dropped_context_in_eval": dropped_eval_overlap,
-            "dropped_context_in_test": dropped_cross_split,
-            "split": "QA rows by seeded hash of the normalised context; continuation rows by document "
-                     "(pretrain-validation documents -> test)",
-        },
+        "instruct": instruct_stats,
         "notice": BIGBENCH_NOTICE,
     }
     with open(out_dir / "manifest.json", "w", encoding="utf-8") as f:

@@ -7,9 +7,8 @@ import os
 import platform
 import subprocess
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import psutil
 import torch
@@ -40,16 +39,6 @@ def elapsed(device: torch.device | str, fn: Callable[[], Any]) -> float:
     end.record()
     end.synchronize()
     return start.elapsed_time(end) / 1e3
-
-
-@contextmanager
-def timed(device: torch.device | str, into: dict[str, float], key: str) -> Iterator[None]:
-    """Add the seconds spent in the block to `into[key]`."""
-    start = now(device)
-    try:
-        yield
-    finally:
-        into[key] = into.get(key, 0.0) + now(device) - start
 
 
 def reset_peak_memory(device: torch.device | str) -> None:

@@ -344,16 +344,25 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None = None, target=None) -> dict:
-    """Run (or continue) a training job; returns the last metrics row.
+@dataclass
+class _Run:
+    """Everything a training job holds between steps."""
 
-    `stop_after` ends the run early at that step with a checkpoint, as an interruption would.
-    """
+    accelerator: Any
+    target: Any
+    compressor: Any
+    objective: Any
+    optimizer: Any
+    scheduler: Any
+    step: int
+    train_stream: SampleStream
+    valid_stream: SampleStream | None
+    log_path: Path
+
+
+def _accelerator(config: TrainConfig):
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import DistributedType
-    from tqdm.auto import tqdm
-
-    from .llm import load_llm
 
     precision = config.mixed_precision
     if precision == "auto":
@@ -364,8 +373,10 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
                               gradient_accumulation_steps=config.grad_accum, kwargs_handlers=[ddp])
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         configure_deepspeed(accelerator.state.deepspeed_plugin, config)
-    out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    return accelerator
+
+
+def _check(config: TrainConfig) -> None:
     if config.gradient_checkpointing and config.method != "icformer":
         raise ValueError("gradient_checkpointing is for IC-Former: ICAE's adapter is off when backward recomputes")
     if config.continue_from:
@@ -373,6 +384,16 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
             raise FileNotFoundError(f"continue_from {config.continue_from} is not a training checkpoint (no {STATE_NAME})")
         if config.init_from:
             raise ValueError("pass init_from or continue_from, not both")
+
+
+def _prepare(config: TrainConfig, resume: bool, target) -> _Run:
+    """Models, optimizer and data, restored from the latest checkpoint (or `continue_from`) when there is one."""
+    from .llm import load_llm
+
+    _check(config)
+    accelerator = _accelerator(config)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     target = target or load_llm(config.llm, device=str(accelerator.device), dtype=torch.float32)
     compressor = build_model(config, target).to(accelerator.device)
     compressor.train()
@@ -411,56 +432,78 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     valid_stream = SampleStream(valid_rows, target.tokenizer, config, style) if valid_rows else None
     _truncate_log(log_path, step)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    return _Run(accelerator, target, compressor, objective, optimizer, scheduler, step, train_stream, valid_stream,
+                log_path)
 
+
+def _optimizer_step(run: _Run, config: TrainConfig) -> dict[str, Any]:
+    """One optimizer step over grad_accum micro-batches; the metrics row (without timing)."""
+    accelerator, objective = run.accelerator, run.objective
     world, rank = accelerator.num_processes, accelerator.process_index
     per_step = config.batch_size * config.grad_accum * world
+    tokens, losses, parts = 0, [], {}
+    for micro in range(config.grad_accum):
+        first = run.step * per_step + (micro * world + rank) * config.batch_size
+        examples = run.train_stream.batch(first, config.batch_size)
+        # Gradients sync (DDP/FSDP) or DeepSpeed steps on the last micro-batch only;
+        # backward divides the loss by the number of micro-batches.
+        with accelerator.accumulate(objective):
+            loss, _ = objective(examples)
+            accelerator.backward(loss)
+        losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+        for name, value in accelerator.unwrap_model(objective).parts.items():  # terms of a mixed loss
+            parts[name] = parts.get(name, 0.0) + value.item() / config.grad_accum
+        tokens += sum(len(e.context_ids) + len(e.target_ids) for e in examples)
+    # The whole objective: frozen weights have no gradient, and FSDP clips across shards
+    # only when given its own module's parameters. DeepSpeed clips by itself; accelerate
+    # just reports its norm there, which may be None.
+    grad_norm = accelerator.clip_grad_norm_(objective.parameters(), config.clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    return {"step": run.step, "loss": sum(losses) / len(losses), "lr": run.scheduler.get_last_lr()[0],
+            "grad_norm": None if grad_norm is None else float(grad_norm), "samples_seen": run.step * per_step,
+            "tokens": tokens * world, **parts}
+
+
+def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None = None, target=None) -> dict:
+    """Run (or continue) a training job; returns the last metrics row.
+
+    `stop_after` ends the run early at that step with a checkpoint, as an interruption would.
+    """
+    from tqdm.auto import tqdm
+
+    run = _prepare(config, resume, target)
+    accelerator = run.accelerator
     stop, stopping, row, started = _StopFlag(), False, {}, time.perf_counter()
-    bar = tqdm(total=config.max_steps, initial=step, disable=not accelerator.is_main_process, desc="train")
-    undo_checkpointing = checkpoint_llm(target.model) if config.gradient_checkpointing else (lambda: None)
+    bar = tqdm(total=config.max_steps, initial=run.step, disable=not accelerator.is_main_process, desc="train")
+    undo_checkpointing = checkpoint_llm(run.target.model) if config.gradient_checkpointing else (lambda: None)
     try:
-        while step < config.max_steps and not stopping:
-            tick, tokens, losses, parts = time.perf_counter(), 0, [], {}
-            for micro in range(config.grad_accum):
-                first = step * per_step + (micro * world + rank) * config.batch_size
-                examples = train_stream.batch(first, config.batch_size)
-                # Gradients sync (DDP/FSDP) or DeepSpeed steps on the last micro-batch only;
-                # backward divides the loss by the number of micro-batches.
-                with accelerator.accumulate(objective):
-                    loss, _ = objective(examples)
-                    accelerator.backward(loss)
-                losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
-                for name, value in accelerator.unwrap_model(objective).parts.items():  # terms of a mixed loss
-                    parts[name] = parts.get(name, 0.0) + value.item() / config.grad_accum
-                tokens += sum(len(e.context_ids) + len(e.target_ids) for e in examples)
-            # The whole objective: frozen weights have no gradient, and FSDP clips across shards
-            # only when given its own module's parameters. DeepSpeed clips by itself; accelerate
-            # just reports its norm there, which may be None.
-            grad_norm = accelerator.clip_grad_norm_(objective.parameters(), config.clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
+        while run.step < config.max_steps and not stopping:
+            tick = time.perf_counter()
+            row = _optimizer_step(run, config)
+            step = run.step
             budget_spent = config.time_budget_s is not None and time.perf_counter() - started >= config.time_budget_s
             if stop.raised or budget_spent:
                 accelerator.set_trigger()
             stopping = accelerator.check_trigger()  # every rank stops (and saves) at the same step
             seconds = time.perf_counter() - tick
-            row = {"step": step, "loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
-                   "grad_norm": None if grad_norm is None else float(grad_norm), "samples_seen": step * per_step,
-                   "tokens_per_s": tokens * world / seconds, "step_s": seconds,
-                   "elapsed_s": time.perf_counter() - started, **parts}
-            if valid_stream is not None and (step % config.eval_every == 0 or step == config.max_steps):
-                examples = [valid_stream.example(i) for i in range(len(valid_rows))]
-                row.update(context_use(objective, examples).as_row())
+            row = {**row, "tokens_per_s": row.pop("tokens") / seconds, "step_s": seconds,
+                   "elapsed_s": time.perf_counter() - started}
+            if run.valid_stream is not None and (step % config.eval_every == 0 or step == config.max_steps):
+                examples = [run.valid_stream.example(i) for i in range(len(run.valid_stream.rows))]
+                row.update(context_use(run.objective, examples).as_row())
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
             if accelerator.is_main_process:
-                with log_path.open("a") as log:
+                with run.log_path.open("a") as log:
                     log.write(json.dumps(row) + "\n")
             done = step == config.max_steps or stopping or step == stop_after
             if step % config.save_every == 0 or done:
-                save_checkpoint(accelerator, out_dir, step, objective, optimizer, scheduler, config,
-                                _record(row, config, accelerator.device), finished=step >= config.max_steps or budget_spent)
+                save_checkpoint(accelerator, Path(config.out_dir), step, run.objective, run.optimizer, run.scheduler,
+                                config, _record(row, config, accelerator.device),
+                                finished=step >= config.max_steps or budget_spent)
             if step == stop_after:
                 break
         accelerator.wait_for_everyone()
