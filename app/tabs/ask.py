@@ -22,6 +22,7 @@ from .common import (
 )
 
 QUESTION_MAX_TOKENS = 200
+SUGGESTED_BUTTONS = ("suggested_1", "suggested_2", "suggested_3")  # an example's questions, filled by the Compress tab
 MAX_NEW_TOKENS = 512  # the API's bound on an answer's length (the page's slider stops at 256)
 
 
@@ -53,8 +54,8 @@ class AskSection(Tab):
             c["ask_stop"] = gr.Button("Stop", variant="stop", scale=0, min_width=80, interactive=False,
                                       elem_id="icf-ask-stop")
         with gr.Row():
-            for i in range(1, 4):
-                c[f"suggested_{i}"] = gr.Button(visible=False, size="sm", variant="secondary")
+            for name in SUGGESTED_BUTTONS:
+                c[name] = gr.Button(visible=False, size="sm", variant="secondary")
         c["ask_headline"] = gr.HTML(label="headline", show_label=False, elem_id="icf-ask-headline")
         # Read from the committed evaluation: shown while the compressors score near their floors.
         c["floor_note"] = gr.HTML(self.floor_note(), elem_id="icf-floor-note")

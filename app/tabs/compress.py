@@ -12,13 +12,10 @@ from icformer.compare import compression_speedups
 
 from .. import speed
 from ..presentation import COMPRESS_HINT_HTML, compression_html, label, source_markdown
-from .ask import AskSection
+from .ask import SUGGESTED_BUTTONS, AskSection
 from .common import (
     COMPRESSORS, Runner, SessionContexts, Shared, Tab, View, context_key, friendly_errors, listen,
 )
-
-
-SUGGESTED_BUTTONS = ("suggested_1", "suggested_2", "suggested_3")  # an example's questions, in the ask section
 
 
 @dataclass
