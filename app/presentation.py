@@ -1,7 +1,8 @@
-"""Pure presentation helpers: number formatting, HTML snippets, and the word-level diff.
+"""The HTML (and Markdown) the tabs show, and the number formatting it uses.
 
-Nothing here touches a model; every function takes plain values and returns strings or lists,
-so each is easy to test on its own.
+Nothing here touches a model or computes a comparison (`icformer.compare` does): every function
+takes plain values or the library's results and returns strings or lists, so the tab modules
+hold layout and flow only, and each piece is easy to test on its own.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ from icformer.compare import FirstTokenComparison
 from .about import PROFILE_CHOICE_HTML
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from icformer import Answer
+    from icformer.attention import AttentionReport
+
     from .service import ModelInfo
 
 METHOD_LABELS = {"icformer": "IC-Former", "icae": "ICAE", "full": "Full context",
@@ -446,7 +454,7 @@ def not_loaded_placeholder(method: str) -> str:
     return f"{label(method)} is not loaded (no checkpoint)."
 
 
-def answer_note(ans, num_tokens: int | None = None, num_vectors: int | None = None) -> str:
+def answer_note(ans: Answer, num_tokens: int | None = None, num_vectors: int | None = None) -> str:
     """Under an answer's timing card: positions the LLM read (vectors instead of tokens), and badges."""
     note = f"<div class='icf-muted'>LLM read {ans.prompt_positions} positions"
     if num_vectors is not None:
@@ -477,7 +485,7 @@ RECONSTRUCT_INTRO_MD = (
 )
 
 
-def attention_html(report) -> str:
+def attention_html(report: AttentionReport) -> str:
     """`icformer.attention.context_attention`'s band numbers per layer, and what the paper shows."""
     rows = [(i, f"{s.order_correlation:.2f}", f"{s.in_order:.2f}",
              f"{s.window_mass:.3f} (uniform {s.uniform_window_mass:.3f})", f"{s.context_mass:.2f}")
@@ -494,7 +502,7 @@ def attention_html(report) -> str:
 # ---------------------------------------------------------------------- Speed and Evaluation
 
 
-def committed_note(bench_dir, committed, metas: list[dict], problems: list[str]) -> str:
+def committed_note(bench_dir: Path, committed: pd.DataFrame | None, metas: list[dict], problems: list[str]) -> str:
     """The Speed tab's note (Markdown) on the committed benchmark rows and the runs they come from."""
     if committed is None:
         note = f"No committed benchmark results in `{bench_dir}` yet (`python -m icformer bench --out {bench_dir}`)."
@@ -519,7 +527,7 @@ def problems_banner(problems: list[str]) -> str:
     return banner("warn", "Could not read: " + esc("; ".join(problems))) if problems else ""
 
 
-def no_results_html(directory, problems: list[str]) -> str:
+def no_results_html(directory: Path, problems: list[str]) -> str:
     return banner(
         "info",
         f"No evaluation results yet in <code>{esc(directory)}</code> — run "
