@@ -1,16 +1,31 @@
-"""Pure presentation helpers: number formatting, HTML snippets, and the word-level diff.
+"""The HTML (and Markdown) the tabs show, and the number formatting it uses.
 
-Nothing here touches a model; every function takes plain values and returns strings or lists,
-so each is easy to test on its own.
+Nothing here touches a model or computes a comparison (`icformer.compare` does): every function
+takes plain values or the library's results and returns strings or lists, so the tab modules
+hold layout and flow only, and each piece is easy to test on its own.
 """
 
 from __future__ import annotations
 
-import difflib
 import html
 import math
 import re
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
+
+from icformer import compare
+from icformer.compare import FirstTokenComparison
+
+from .about import PROFILE_CHOICE_HTML
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from icformer import Answer
+    from icformer.attention import AttentionReport
+
+    from .service import ModelInfo
 
 METHOD_LABELS = {"icformer": "IC-Former", "icae": "ICAE", "full": "Full context",
                  "icformer-no-pretrain": "IC-Former (no pre-training)"}
@@ -117,18 +132,17 @@ def tokens_to_vectors(num_tokens: int, num_vectors: int, method: str, k: int | N
     )
 
 
-def speedup_html(icformer_s: float | None, icae_s: float | None, device: str) -> str:
-    """The headline number of the Compress tab."""
-    if icformer_s and icae_s:
-        ratio = icae_s / icformer_s
+def speedup_html(icformer_s: float | None, icae_s: float | None, speedup: float | None, device: str) -> str:
+    """The headline number of the Compress tab (``speedup``: `icformer.compare.compression_speedups`)."""
+    if icformer_s and icae_s and speedup:
         where = f"({fmt_seconds(icformer_s)} vs {fmt_seconds(icae_s)} on {esc(device_label(device))})"
-        if ratio >= 1:
-            text = f"IC-Former compressed this context <b>{fmt_ratio(ratio)} faster</b> than ICAE {where}"
+        if speedup >= 1:
+            text = f"IC-Former compressed this context <b>{fmt_ratio(speedup)} faster</b> than ICAE {where}"
         else:
             text = (f"ICAE was faster this time {where}: with a very small LLM or a very short context, "
                     "fixed overheads dominate. Try a longer context.")
         return (
-            f'<div class="icf-speedup"><div class="icf-speedup-num">{fmt_ratio(ratio)}</div>'
+            f'<div class="icf-speedup"><div class="icf-speedup-num">{fmt_ratio(speedup)}</div>'
             f'<div class="icf-speedup-txt">{text}</div></div>'
         )
     if icformer_s:
@@ -163,28 +177,23 @@ def timing_card(method: str, timings: dict, device: str, extra: str = "") -> str
     )
 
 
-def answer_comparison(method: str, timings: dict, full: dict) -> str:
-    """One compressed method's answer against the full context's, at equal work.
-
-    Answers differ in length, so their totals are not compared: the time to the first token
-    (compression + prefill) and the decoding speed per token are.
-    """
-    first, full_first = (t.get("compress_s", 0.0) + t.get("prefill_s", 0.0) for t in (timings, full))
-    if not first or not full_first:
+def answer_comparison(method: str, cmp: FirstTokenComparison | None) -> str:
+    """One compressed method's answer against the full context's, at equal work (see
+    `icformer.compare.FirstTokenComparison`: first token and decoding speed, never totals)."""
+    if cmp is None:
         return ""
-    ratio = full_first / first
-    if ratio >= 1.05:
-        verdict = f"<b>{fmt_ratio(ratio)} sooner</b>"
-    elif ratio > 1 / 1.05:
+    if cmp.sooner >= 1.05:
+        verdict = f"<b>{fmt_ratio(cmp.sooner)} sooner</b>"
+    elif cmp.sooner > 1 / 1.05:
         verdict = "about as soon"
     else:
-        verdict = f"{fmt_ratio(1 / ratio)} later"
-    speeds = [t.get("tokens_per_s") or 0.0 for t in (timings, full)]
+        verdict = f"{fmt_ratio(1 / cmp.sooner)} later"
+    speeds = (cmp.tokens_per_s, cmp.full_tokens_per_s)
     decode = (f"; decoding {speeds[0]:.1f} vs {speeds[1]:.1f} tokens/s" if all(speeds) else "")
     return (
-        f"<div class='icf-muted'>{esc(label(method))}: first token after {fmt_seconds(first)} (compress + prefill) "
-        f"vs {fmt_seconds(full_first)} reading the full context, {verdict}{decode}. Answers of different lengths "
-        "take different totals, so those are not compared.</div>"
+        f"<div class='icf-muted'>{esc(label(method))}: first token after {fmt_seconds(cmp.first_s)} (compress + "
+        f"prefill) vs {fmt_seconds(cmp.full_first_s)} reading the full context, {verdict}{decode}. Answers of "
+        "different lengths take different totals, so those are not compared.</div>"
     )
 
 
@@ -312,32 +321,238 @@ def profiles_table(rows: list[dict], loaded: str | None, requested: str | None) 
     )
 
 
+# ---------------------------------------------------------------------- page chrome and status
+
+
+def header_html(title: str) -> str:
+    return (f"<div id='icf-header'><h1>{esc(title)}</h1><p>Compress a long context into a few digest vectors "
+            "that a frozen LLM reads as a soft prompt — and compare with ICAE and the full context. "
+            "<a href='https://arxiv.org/abs/2406.13618' target='_blank'>arXiv 2406.13618</a></p></div>")
+
+
+def fallback_banner(info: ModelInfo) -> str:
+    """Why the profile asked for at launch is not the one running, and how to choose."""
+    reason = esc(info.profile_fallback).replace("\n", "<br>")
+    return banner(
+        "warn",
+        f"<b>Profile {esc(info.requested_profile)} is not available here.</b><br>{reason}<br>"
+        f"{PROFILE_CHOICE_HTML} The About tab lists every profile and what it is missing.",
+    )
+
+
+def status_html(state: str, loading_s: float, error: str | None, info: ModelInfo | None) -> str:
+    """The banner above the tabs: loading, failed, or what runs (and what is missing or untrained)."""
+    if state in ("idle", "loading"):
+        return banner(
+            "info",
+            '<span class="icf-spinner"></span> Loading the model in the background'
+            + (f" ({loading_s:.0f} s)" if loading_s >= 1 else "")
+            + "… You can paste a context meanwhile; the first request waits for it.",
+        )
+    if state == "error" or info is None:
+        return banner("error", f"<b>The model failed to load:</b> {esc(error)}")
+    profile = f"profile <b>{esc(info.profile)}</b>, " if info.profile else ""
+    html = (f"<b>Ready</b>: {profile}{esc(info.llm)} on <b>{esc(device_label(info.device))}</b> ({esc(info.dtype)}), "
+            f"methods: {esc(', '.join(label(m) for m in info.methods))}.")
+    if "icae" not in info.methods:
+        html += " ICAE is not loaded (no checkpoint), so only IC-Former and the full context are compared."
+    html = banner("ok", html)
+    if info.profile_fallback:
+        html += fallback_banner(info)
+    if info.untrained:
+        which = " and ".join(label(m) for m in info.untrained)
+        html += banner(
+            "warn",
+            f"<b>Untrained compressor</b> ({esc(which)}: random weights or an unfinished training run): outputs are "
+            "noise until finished checkpoints land in <code>assets/checkpoints/</code>. Timings, FLOPs and memory "
+            "are real.",
+        )
+    return html
+
+
+def model_markdown(info: ModelInfo | None, state: str, error: str | None) -> str:
+    """The About tab's "What is loaded" table (Markdown)."""
+    if info is None:
+        return f"*Model state: {state}.*" + (f" Error: `{error}`" if error else "")
+    lines = ["| Component | Details |", "|---|---|"]
+    if info.profile:
+        asked = f" (asked for: {info.requested_profile}, not available)" if info.profile_fallback else ""
+        lines.append(f"| Profile | {info.profile}{asked}; chosen at launch, see Model profiles below |")
+    lines += [
+        f"| Target LLM (frozen) | {info.llm} — hidden size {info.hidden_size}, {info.num_layers} layers |",
+        f"| LLM weights fingerprint | `{info.llm_hash[:16]}…` |",
+        f"| Device / dtype | {device_label(info.device)} / {info.dtype} |",
+    ]
+    for method, c in info.compressors.items():
+        params = fmt_count(c["params"]) + " trainable parameters" if c.get("params") else ""
+        state_md = "**trained checkpoint**" if c.get("trained") else "**untrained** (random initialisation)"
+        if c.get("training"):
+            state_md += f" ({c['training']}; model card `{c['card_path']}`)"
+        lines.append(f"| {label(method)} | {state_md}; k={c.get('k')} vectors per chunk of L={c.get('L')} tokens; "
+                     f"{params} |")
+    if "icae" not in info.compressors:
+        lines.append("| ICAE | not loaded (no checkpoint in `assets/checkpoints/icae/`) |")
+    lines.append(f"| Load time | {info.load_seconds:.1f} s |")
+    return "\n".join(lines)
+
+
+def profiles_html(info: ModelInfo | None, profiles: list[dict]) -> str:
+    """The About tab's profile table, with how a profile is chosen (at launch, for everyone)."""
+    note = fallback_banner(info) if info and info.profile_fallback else ""
+    table = profiles_table(profiles, loaded=info.profile if info else None,
+                           requested=info.requested_profile if info else None)
+    return f"<p class='icf-muted'>{PROFILE_CHOICE_HTML}</p>{note}{table}"
+
+
+# ---------------------------------------------------------------------- Compress & Ask
+
+COMPRESS_HINT_HTML = ("<div class='icf-muted'>Press <b>Compress</b> to see tokens → vectors, each method's "
+                      "compression time, FLOPs and memory.</div>")
+GENERATING_HTML = '<div class="icf-muted">generating…</div>'
+ANSWER_SUBTITLES = {"icformer": "from the digest vectors", "icae": "from the memory slots",
+                    "full": "reads every context token"}
+
+
+def source_markdown(source: str) -> str:
+    return f"*{esc(source)}*"
+
+
+def reference_html(answer: str) -> str:
+    """An example question's reference answer, under the question."""
+    return f"<div class='icf-reference'><b>Reference answer:</b> {esc(answer)}</div>"
+
+
+def compression_html(summary: dict[str, dict]) -> tuple[str, str]:
+    """The Compress tab's headline and table from its JSON summary (method -> numbers, plus the
+    ``speedup`` / ``flops_ratio`` of `icformer.compare.compression_speedups`)."""
+    methods = [m for m, v in summary.items() if isinstance(v, dict)]
+    first = summary[methods[0]]
+    icf, icae = summary.get("icformer", {}), summary.get("icae", {})
+    headline = tokens_to_vectors(first["num_tokens"], first["num_vectors"], methods[0], first.get("k"))
+    headline += speedup_html(icf.get("compress_s"), icae.get("compress_s"), summary.get("speedup"),
+                             first.get("device") or "")
+    if "flops_ratio" in summary:
+        headline += f'<div class="icf-muted">FLOPs: IC-Former needs {fmt_ratio(summary["flops_ratio"])} fewer.</div>'
+    if not first["trained"]:
+        headline += banner("warn", "Untrained compressor: the vectors are real but their content is noise.")
+    rows = [[
+        label(m),
+        f"{s['num_tokens']:,} → {s['num_vectors']:,} ({positions_label(s['num_tokens'], s['num_vectors'])})",
+        fmt_seconds(s["compress_s"]), fmt_flops(s.get("flops")),
+        memory_label(s.get("memory_bytes"), s.get("memory_kind")), device_label(s.get("device")),
+        "yes" if s["trained"] else "no (noise)",
+    ] for m, s in ((m, summary[m]) for m in methods)]
+    table = table_html(["method", "tokens → vectors", "compress time", "FLOPs", "memory", "device", "trained"], rows)
+    return headline, table
+
+
+def not_loaded_banner(method: str) -> str:
+    return banner("info", f"{label(method)} is not loaded: add a checkpoint in assets/checkpoints/{method}/.")
+
+
+def not_loaded_placeholder(method: str) -> str:
+    return f"{label(method)} is not loaded (no checkpoint)."
+
+
+def answer_note(ans: Answer, num_tokens: int | None = None, num_vectors: int | None = None) -> str:
+    """Under an answer's timing card: positions the LLM read (vectors instead of tokens), and badges."""
+    note = f"<div class='icf-muted'>LLM read {ans.prompt_positions} positions"
+    if num_vectors is not None:
+        note += f" ({num_vectors} vectors instead of {num_tokens} tokens)"
+    note += "</div>"
+    if not ans.done:
+        note += "<div class='icf-badge-warn'>stopped before the end</div>"
+    if not ans.trained:
+        note += "<div class='icf-badge-warn'>untrained: noise</div>"
+    return note
+
+
+def ask_headline(comparisons: dict[str, FirstTokenComparison | None], stopped: bool, reference: str) -> str:
+    """Above the answers: a Stop note, each compressor against the full context, the reference answer."""
+    html = banner("info", "Stopped: the answers so far are shown.") if stopped else ""
+    return html + "".join(answer_comparison(m, cmp) for m, cmp in comparisons.items()) + reference
+
+
+# ---------------------------------------------------------------------- Reconstruct
+
+RECONSTRUCT_INTRO_MD = (
+    "Decode the compressed vectors of the **context from the Compress & Ask tab** back into text "
+    "(the autoencoding task IC-Former is pre-trained on). "
+    "<span style='background:#fca5a5;padding:0 4px;border-radius:3px'>missing</span> words are "
+    "in the original but not reproduced; "
+    "<span style='background:#86efac;padding:0 4px;border-radius:3px'>added</span> words are produced "
+    "but not in the original."
+)
+
+
+def attention_html(report: AttentionReport) -> str:
+    """`icformer.attention.context_attention`'s band numbers per layer, and what the paper shows."""
+    rows = [(i, f"{s.order_correlation:.2f}", f"{s.in_order:.2f}",
+             f"{s.window_mass:.3f} (uniform {s.uniform_window_mass:.3f})", f"{s.context_mass:.2f}")
+            for i, s in enumerate(report.layers, 1)]
+    html = table_html(("layer", "order correlation", "moves forward", "best 5-token window", "on context"), rows)
+    html += (f"<div class='icf-muted'>The first {len(report.tokens)} tokens (one chunk). A pre-trained IC-Former "
+             "in the paper shows a diagonal band in its last layer: each digest on 3-5 consecutive tokens, in "
+             "order (order correlation near 1, most attention in one window).</div>")
+    if not report.trained:
+        html += banner("warn", "Untrained compressor: its attention is noise.")
+    return html
+
+
+# ---------------------------------------------------------------------- Speed and Evaluation
+
+
+def committed_note(bench_dir: Path, committed: pd.DataFrame | None, metas: list[dict], problems: list[str]) -> str:
+    """The Speed tab's note (Markdown) on the committed benchmark rows and the runs they come from."""
+    if committed is None:
+        note = f"No committed benchmark results in `{bench_dir}` yet (`python -m icformer bench --out {bench_dir}`)."
+    else:
+        where = "; ".join(
+            f"{run_name(m)} ({m.get('dtype', '?')}" + (f", {m['threads']} threads" if m.get("threads") else "") + ")"
+            for m in metas
+        )
+        if not where:
+            where = ", ".join(sorted(committed["device"].astype(str).unique())) if "device" in committed else "?"
+        note = f"Dashed: committed benchmark ({len(committed)} rows) measured on {where}."
+    if problems:
+        note += " Could not read: " + "; ".join(problems)
+    return note
+
+
+def live_bench_unavailable(why: str) -> str:
+    return f"  \n**Live benchmark unavailable:** {why}"
+
+
+def problems_banner(problems: list[str]) -> str:
+    return banner("warn", "Could not read: " + esc("; ".join(problems))) if problems else ""
+
+
+def no_results_html(directory: Path, problems: list[str]) -> str:
+    return banner(
+        "info",
+        f"No evaluation results yet in <code>{esc(directory)}</code> — run "
+        "<code>python -m icformer evaluate</code> to produce them.",
+    ) + problems_banner(problems)
+
+
+def sample_answer_label(method: str, scores: dict[str, float]) -> str:
+    """A per-sample answer box's label: the method and its scores."""
+    if not method:
+        return "—"
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+    return label(method) + (f" — {shown}" if shown else "")
+
+
 # ---------------------------------------------------------------------- diff
 
-_WORD = re.compile(r"\S+")
+
+def diff_spans(ops: list[tuple[str, list[str]]]) -> list[tuple[str, str | None]]:
+    """`icformer.compare.word_diff` runs as ``gr.HighlightedText`` spans: label None (same in both),
+    "missing" (in the original, not reproduced) or "added" (produced, not in the original)."""
+    return [(" ".join(words) + " ", None if op == "same" else op) for op, words in ops]
 
 
 def word_diff(original: str, reconstructed: str) -> tuple[list[tuple[str, str | None]], dict[str, int]]:
-    """Word-level diff for ``gr.HighlightedText``.
-
-    Returns ``[(text, label)]`` where label is None (same in both), "missing" (in the original,
-    not reproduced) or "added" (produced, not in the original), plus counts of words per label.
-    """
-    a, b = _WORD.findall(original), _WORD.findall(reconstructed)
-    spans: list[tuple[str, str | None]] = []
-    counts = {"same": 0, "missing": 0, "added": 0}
-
-    def push(words: list[str], tag: str | None) -> None:
-        if not words:
-            return
-        counts["same" if tag is None else tag] += len(words)
-        spans.append((" ".join(words) + " ", tag))
-
-    matcher = difflib.SequenceMatcher(a=a, b=b, autojunk=False)
-    for op, i1, i2, j1, j2 in matcher.get_opcodes():
-        if op == "equal":
-            push(a[i1:i2], None)
-        else:
-            push(a[i1:i2], "missing")
-            push(b[j1:j2], "added")
-    return spans, counts
+    """The highlighted diff and its word counts per label, for two texts."""
+    ops = compare.word_diff(original, reconstructed)
+    return diff_spans(ops), compare.diff_counts(ops)

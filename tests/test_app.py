@@ -24,7 +24,9 @@ from gradio_client.exceptions import AppError
 
 from app import build_demo
 from app.examples import load_examples
-from app.handlers import RECONSTRUCT_MAX_TOKENS, Handlers, check_text
+from app.tabs import AboutTab, CompressTab, EvaluationTab, Shared
+from app.tabs.common import user_text
+from app.tabs.reconstruct import RECONSTRUCT_MAX_TOKENS
 from app.presentation import word_diff
 from app.results import filter_samples, load_results
 from app.service import ModelService, TurnLock, default_factory
@@ -451,8 +453,8 @@ def test_eight_concurrent_clients_get_their_own_results(served, cc):
 
 
 def test_empty_results_dir_says_how_to_make_results(tmp_path):
-    h = Handlers(ModelService(lambda: None), [], tmp_path / "nothing-here")
-    status = h.dashboard("All")[0]
+    tab = EvaluationTab(Shared(ModelService(lambda: None), [], tmp_path / "nothing-here"))
+    status = tab.dashboard("All").eval_status
     assert "No evaluation results yet" in status and "python -m icformer evaluate" in status
 
 
@@ -460,10 +462,11 @@ def test_a_model_that_fails_to_load_is_reported_not_raised():
     def broken():
         raise OSError("no weights here")
 
-    h = Handlers(ModelService(broken), [], Path("/nonexistent"))
+    shared = Shared(ModelService(broken), [], Path("/nonexistent"))
     with pytest.raises(gr.Error, match="could not be loaded: OSError: no weights here"):
-        h.compress(STORY, None)
-    assert "failed to load" in h.status_banner() and h.status()["state"] == "error"
+        CompressTab(shared).compress(STORY, None)
+    about = AboutTab(shared)
+    assert "failed to load" in about.status_banner() and about.status()["state"] == "error"
 
 
 @pytest.fixture
@@ -495,7 +498,7 @@ def test_a_profile_that_cannot_load_falls_back_and_says_why(unavailable_paper_pr
     assert status["state"] == "ready" and status["requested_profile"] == "paper"
     assert status["profile"] == "tiny-app" and "ICFORMER_PAPER_CHECKPOINTS" in status["profile_fallback"]
     assert "Using the 'tiny-app' profile instead" in status["profile_fallback"]
-    h = Handlers(service, [], results_dir)
+    h = AboutTab(Shared(service, [], results_dir))
     banner = h.status_banner()
     assert "profile <b>tiny-app</b>" in banner and "Profile paper is not available here" in banner
     assert "ICFORMER_PAPER_CHECKPOINTS" in banner and "--profile NAME" in banner
@@ -528,8 +531,8 @@ def test_word_diff_labels_missing_and_added_words():
     assert counts == {"same": 5, "missing": 1, "added": 2}
 
 
-def test_check_text_accepts_ordinary_unicode():
-    assert check_text("Ünïcödé — “quotes” and emoji 🗜️\n\ttabs", "context", 1000)
+def test_user_text_accepts_ordinary_unicode():
+    assert user_text("Ünïcödé — “quotes” and emoji 🗜️\n\ttabs", "context", 1000)
 
 
 def test_speed_figure_tells_committed_runs_apart_and_keeps_the_legend_off_the_title():

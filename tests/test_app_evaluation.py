@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from app import build_demo, charts, results
-from app.handlers import Handlers
+from app.tabs import EvaluationTab, Shared
 from app.service import ModelService
 
 LABELS = ["icformer", "icae", "full", "none", "icformer-swapped", "icae-swapped"]
@@ -59,8 +59,8 @@ def _write(root: Path, summary: pd.DataFrame) -> Path:
     return root
 
 
-def _handlers(root: Path) -> Handlers:
-    return Handlers(ModelService(lambda: None), [], root)
+def _tab(root: Path) -> EvaluationTab:
+    return EvaluationTab(Shared(ModelService(lambda: None), [], root))
 
 
 def test_the_compress_and_ask_tab_says_when_compressors_score_at_their_floors(tmp_path):
@@ -105,7 +105,7 @@ def test_bleu_chart_scales_to_the_data_with_intervals(tmp_path):
 
 def test_the_run_banner_is_a_small_table_without_machine_paths(tmp_path):
     root = _write(tmp_path / "results-dir", _summary(NEAR, gain_low=-0.02))
-    status = _handlers(root).dashboard("All")[0]
+    status = _tab(root).dashboard("All").eval_status
     assert "<table" in status and "trained_by_method" not in status and "{" not in status
     assert "/root/" not in status and str(root) not in status and "/work/main" not in status
     assert "SmolLM2-135M-Instruct" in status and "IC-Former: yes" in status
@@ -113,7 +113,8 @@ def test_the_run_banner_is_a_small_table_without_machine_paths(tmp_path):
 
 def test_sample_browser_fits_its_columns_and_shows_every_answer_with_the_floors(tmp_path):
     root = _write(tmp_path / "r", _summary(NEAR, gain_low=-0.02))
-    table, ids, note = _handlers(root).samples("All", "All", "f1", 0.0, 1.0)
+    found = _tab(root).samples("All", "All", "f1", 0.0, 1.0)
+    table, ids = found.s_table, found.s_id
     assert list(table.columns[:3]) == ["id", "question", "reference"]
     assert {"IC-F", "ICAE", "full", "none", "IC-F gain", "ICAE gain"} <= set(table.columns)
     assert max(len(c) for c in table.columns) <= 10  # short headers: one line, the scores within the window
