@@ -220,11 +220,14 @@ def _typed_column(cells: list[str]) -> list[Any]:
 def read_csv_rows(path: Path) -> list[dict[str, Any]]:
     """A CSV written by `write_table` (or by hand) as typed rows; empty cells are None."""
     with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            return []
-        cells = [row for row in reader if row]
+        try:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            cells = [row for row in reader if row]
+        except csv.Error as err:
+            raise ValueError(f"{path.name}: {err}") from err
+    if header is None:
+        return []
     if any(len(row) > len(header) for row in cells):
         raise ValueError(f"{path.name}: a row has more cells than the header")
     columns = [_typed_column([row[i] if i < len(row) else "" for row in cells]) for i in range(len(header))]
