@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import torch
 from transformers import GenerationConfig, StoppingCriteriaList
 
-from ..compressor import encode
+from ..compressor import ContextCompressor, encode
 from ..prompts import Layout, assemble, stop_token_ids
 from ..timing import now
 from .methods import Method
@@ -29,7 +29,7 @@ class FirstLine:
         return torch.tensor(["\n" in t.lstrip() for t in texts], dtype=torch.bool, device=input_ids.device)
 
 
-def _left_padded(cc, items: Sequence[tuple[Any, Layout, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _left_padded(cc: ContextCompressor, items: Sequence[tuple[Any, Layout, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     """The prompts' embeddings in one batch, left-padded so every prompt ends where generation starts."""
     target = cc.target
     embeds = [
@@ -47,7 +47,7 @@ def _left_padded(cc, items: Sequence[tuple[Any, Layout, torch.Tensor]]) -> tuple
 
 
 @torch.no_grad()
-def generate_batch(cc, items: Sequence[tuple[Any, Layout, torch.Tensor]], max_new_tokens: int, *,
+def generate_batch(cc: ContextCompressor, items: Sequence[tuple[Any, Layout, torch.Tensor]], max_new_tokens: int, *,
                    first_line: bool = False) -> list[tuple[list[int], str]]:
     """Greedy answers to several prompts in one left-padded batch: (new token ids, text) each.
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..compressor import ASSETS_DIR, ContextCompressor
+from ..icae import ICAEModel
 from ..llm import weights_fingerprint
 from ..modeling_icformer import ICFormerModel
 from ..prompts import prompt_style
@@ -21,11 +22,11 @@ class Method:
     """A label in the results, the compressor instance that runs it, and its method name there."""
 
     label: str
-    cc: Any  # ContextCompressor
+    cc: ContextCompressor
     method: str  # "icformer" | "icae" | "full"
 
     @property
-    def model(self):
+    def model(self) -> ICFormerModel | ICAEModel | None:
         return {"icformer": self.cc.icformer, "icae": self.cc.icae}.get(self.method)
 
     @property

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import transformers
 
+from ..compressor import ContextCompressor
 from ..results import FILES, RUN_DETAILS, TABLE_COLUMNS, read_json, write_json, write_jsonl, write_table, write_text
 from ..timing import machine_description, source_commit
 from .attention import attention_rows
@@ -201,7 +202,7 @@ class Evaluation:
 
 
 def run_evaluation(
-    cc,
+    cc: ContextCompressor,
     out_dir: str | Path | None = None,
     *,
     quick: bool = False,

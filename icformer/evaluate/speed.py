@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..bench import environment, read_runs, run_benchmark
+from ..compressor import ContextCompressor
 from ..flops import icae_flops, icformer_flops, paper_icae_flops, paper_icformer_flops
 from ..results import BENCH_COLUMNS, BENCH_DIR, CACHE_DIR, EVAL_BENCH_STEM, read_json, write_table
 from .paper import LLAMA2_7B
@@ -21,7 +22,7 @@ from .store import settings_key
 from .workspace import Workspace
 
 
-def flops_numbers(cc) -> dict[str, float]:
+def flops_numbers(cc: ContextCompressor) -> dict[str, float]:
     """Analytic compression FLOPs at 512 tokens for our model, and the paper's formulas at its sizes."""
     out = {
         "flops:icae:llama2": float(paper_icae_flops(**LLAMA2_7B, layers=32)),

@@ -9,6 +9,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from ..compressor import ContextCompressor
 from ..data import read_jsonl
 from .methods import Method, Variant, build_variants
 from .settings import EvalSettings
@@ -20,7 +21,7 @@ class Workspace:
     """One run's inputs, plus `counts` (what each section planned and reused, for meta.json) and
     `checkpoint`, which the tasks call after each batch so the files stay current."""
 
-    cc: object  # ContextCompressor
+    cc: ContextCompressor
     out: Path
     data_dir: Path
     settings: EvalSettings
