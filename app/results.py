@@ -1,77 +1,13 @@
 """Reading committed evaluation results for the Evaluation and Speed tabs.
 
 Where: ``build_demo(results_dir=...)``, else ``$ICFORMER_RESULTS``, else ``assets/results/``.
-Every file is optional; the tab shows what exists and names what it could not read.
-All scores are on a 0-1 scale; times are seconds; memory is bytes.
-
-Schema (what ``python -m icformer evaluate`` and the benchmark should write)
---------------------------------------------------------------------------
-
-Each table is a CSV with a header row. ``<stem>.json`` holding a list of row objects (or
-``{"rows": [...]}``) is read when ``<stem>.csv`` is absent. Columns not listed are kept and
-shown; listed optional columns may be missing.
-
-``meta.json`` (optional) — one object shown above the tables, e.g.
-    {"llm": "...", "device": "cuda", "trained": true, "date": "2025-01-31", "commit": "abc1234",
-     "notes": "free text"}
-
-``qa_summary.csv`` — question answering, one row per (dataset, method):
-    method        str   required  "icformer" | "icae" | "full" | any label ("icformer-64"...)
-    dataset       str   optional  e.g. "pwc" (default "all")
-    kind          str   optional  "method", or "floor": "none" (the question alone) and
-                                  "<method>-swapped" (its vectors of another context of the task)
-    num_vectors   int   optional  vectors per context (k)
-    rouge1_f, rouge2_f, rougeL_f, exact_match, f1   float  at least one of them
-    <metric>_lo, <metric>_hi          float  optional  bootstrap 95% interval of the mean (error bars)
-    f1_over_none, f1_over_swapped (+ _lo, _hi)  float  optional  a method's paired gain over its floors
-    n             int   required  number of questions averaged
-    trained       bool  optional
-
-``reconstruction_by_length.csv`` — autoencoding quality per context-length bucket:
-    method        str   required
-    length_bucket int   required  upper edge of the bucket in tokens (100, 200, ... 500)
-    bleu          float required  sentence BLEU-4 of reconstruction vs original, averaged
-    bleu_lo, bleu_hi  float optional  its bootstrap 95% interval (error bars)
-    ce            float optional  token cross-entropy (nats)
-    n             int   required
-    num_vectors   int   optional
-
-``paper_vs_ours.csv`` — our numbers next to the paper's anchors (PAPER.md §4):
-    table    str   required  which paper table, e.g. "PwC QA", "Reconstruction", "Speed"
-    setting  str   required  e.g. "IC-Former 128 digests", "ICAE 8x512"
-    metric   str   required  e.g. "rougeL_f", "bleu", "compress_s", "speedup"
-    paper    float required
-    ours     float required  (empty when not measured)
-    ours_lo, ours_hi  float optional  bootstrap 95% interval of ours
-    note     str   optional  e.g. "SmolLM2-135M, k=32, L=128: not the paper's setting"
-    The tab adds a column ours/paper.
-
-``qa_samples.jsonl`` — one JSON object per line, per question:
-    {"id": "pwc-00017-3", "dataset": "pwc", "context": "...", "question": "...",
-     "reference": "...", "num_tokens": 480,
-     "answers": {"icformer": {"text": "...", "rouge1_f": 0.5, "rouge2_f": 0.3, "rougeL_f": 0.45,
-                              "exact_match": 0.0, "f1": 0.52,
-                              "timings": {"compress_s": 0.01, "prefill_s": 0.05, "decode_s": 0.9}},
-                 "icae": {...}, "full": {...}, "none": {...}, "icformer-swapped": {...}}}
-    Only id, question, reference and answers[method].text are required; "kind" in an answer
-    marks a floor.
-
-``bench/*.csv`` (Speed tab) — committed full benchmark runs, one row per measurement:
-    method     str    required  "icformer" | "icae" | "full"
-    length     int    required  context tokens (aliases: num_tokens, context_tokens, seq_len)
-    compress_s float  required  seconds to compress the batch (alias: seconds, time_s)
-    batch_size int    optional  (the plot shows the smallest batch size)
-    prefill_s  float  optional  for method "full": the LLM's prefill of the whole context (plotted dotted)
-    flops_exact, speedup_vs_icae, memory_bytes, device ...   optional, shown when present
-    This is exactly what ``icformer.bench.write_results`` writes (bench.csv, plus bench.json as
-    {"meta": {...}, "rows": [...]} whose meta — device_name, dtype, threads, date — is shown).
-
-Any other ``*.csv`` directly in the results directory is shown as an extra table.
+Every file is optional; the tab shows what exists and names what it could not read. What each
+file holds, and the reader used here: ``icformer/results.py``. Any other ``*.csv`` directly in the
+results directory is shown as an extra table.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -80,15 +16,18 @@ from typing import Any
 
 import pandas as pd
 
+from icformer import results as schema
+from icformer.files import read_jsonl_lenient
+from icformer.results import NONE_FLOOR, SWAPPED as SWAPPED_FLOOR, above_floor, order_methods
+
+from .presentation import banner, esc, label, table_html
+
 log = logging.getLogger(__name__)
 
 DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "results"
-QA_METRICS = ["rouge1_f", "rouge2_f", "rougeL_f", "exact_match", "f1"]
-KNOWN_TABLES = ("qa_summary", "reconstruction_by_length", "paper_vs_ours")
+QA_METRICS = list(schema.QA_METRICS)
+KNOWN_TABLES = (schema.QA_SUMMARY, schema.REC_BY_LENGTH, schema.PAPER_VS_OURS)
 MAX_SAMPLES = 20_000
-_LENGTH_ALIASES = ("length", "num_tokens", "context_tokens", "seq_len", "context_length")
-_TIME_ALIASES = ("compress_s", "seconds", "time_s", "compress_time_s")
-NONE_FLOOR, SWAPPED_FLOOR = "none", "-swapped"  # icformer.evaluate's floor labels
 
 
 def results_dir(explicit: str | Path | None = None) -> Path:
@@ -129,37 +68,21 @@ class Results:
         return order_methods(found)
 
 
-def order_methods(methods) -> list[str]:
-    """icformer, icae, full first (the three columns), then other methods alphabetically, then the
-    floors (`none`, then `*-swapped`)."""
-    is_floor = lambda m: m == NONE_FLOOR or str(m).endswith(SWAPPED_FLOOR)  # noqa: E731
-    first = [m for m in ("icformer", "icae", "full") if m in methods]
-    own = first + sorted(m for m in methods if m not in first and not is_floor(m))
-    swapped = [m + SWAPPED_FLOOR for m in own if m + SWAPPED_FLOOR in methods]
-    floors = [m for m in methods if m == NONE_FLOOR] + swapped
-    return own + floors + sorted(m for m in methods if is_floor(m) and m not in floors)
-
-
 # ---------------------------------------------------------------------- low-level readers
 
 
 def read_table(directory: Path, stem: str, problems: list[str] | None = None) -> pd.DataFrame | None:
     """``<stem>.csv`` or ``<stem>.json`` in ``directory`` as a DataFrame, or None."""
-    csv_path, json_path = directory / f"{stem}.csv", directory / f"{stem}.json"
     try:
-        if csv_path.is_file():
-            frame = pd.read_csv(csv_path)
-        elif json_path.is_file():
-            raw = json.loads(json_path.read_text(encoding="utf-8"))
-            rows = raw.get("rows", raw) if isinstance(raw, dict) else raw
-            frame = pd.DataFrame(rows if isinstance(rows, list) else [rows])
-        else:
-            return None
-    except (OSError, ValueError, pd.errors.ParserError) as err:
+        rows = schema.read_table(directory, stem)
+    except (OSError, ValueError) as err:
         if problems is not None:
             problems.append(f"{stem}: {err}")
         return None
-    return frame if not frame.empty else None
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows)
+    return None if frame.empty else frame.where(frame.notna(), float("nan"))  # missing cells NaN, as pandas reads them
 
 
 def _require(frame: pd.DataFrame | None, columns: tuple[str, ...], name: str, problems: list[str]):
@@ -191,24 +114,11 @@ def read_samples(path: Path, problems: list[str] | None = None) -> list[dict]:
 
 
 def _parse_samples(path: Path) -> tuple[list[dict], int]:
-    rows, bad = [], 0
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if len(rows) >= MAX_SAMPLES:
-                break
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict) or not isinstance(row.get("answers"), dict):
-                    raise ValueError("not an object with an 'answers' object")
-            except ValueError:
-                bad += 1
-                continue
-            row.setdefault("id", f"sample-{len(rows)}")
-            row.setdefault("dataset", "all")
-            rows.append(row)
+    rows, bad = read_jsonl_lenient(path, limit=MAX_SAMPLES,
+                                  accept=lambda row: isinstance(row, dict) and isinstance(row.get("answers"), dict))
+    for i, row in enumerate(rows):
+        row.setdefault("id", f"sample-{i}")
+        row.setdefault("dataset", "all")
     return rows, bad
 
 
@@ -221,15 +131,16 @@ def load_results(directory: str | Path | None = None) -> Results:
     if not root.is_dir():
         return res
     problems = res.problems
-    meta_path = root / "meta.json"
+    meta_path = root / schema.FILES["meta"]
     if meta_path.is_file():
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            meta = schema.read_json(meta_path)
             res.meta = meta if isinstance(meta, dict) else {"meta": meta}
         except (OSError, ValueError) as err:
             problems.append(f"meta.json: {err}")
 
-    qa = _require(read_table(root, "qa_summary", problems), ("method",), "qa_summary", problems)
+    qa = _require(read_table(root, "qa_summary", problems), schema.REQUIRED_COLUMNS[schema.QA_SUMMARY], "qa_summary",
+                  problems)
     if qa is not None:
         if not any(m in qa.columns for m in QA_METRICS):
             problems.append(f"qa_summary: none of the metric columns {QA_METRICS}")
@@ -241,7 +152,7 @@ def load_results(directory: str | Path | None = None) -> Results:
     res.qa_summary = qa
 
     rec = _require(
-        read_table(root, "reconstruction_by_length", problems), ("method", "length_bucket", "bleu"),
+        read_table(root, "reconstruction_by_length", problems), schema.REQUIRED_COLUMNS[schema.REC_BY_LENGTH],
         "reconstruction_by_length", problems,
     )
     if rec is not None:
@@ -251,7 +162,8 @@ def load_results(directory: str | Path | None = None) -> Results:
     res.reconstruction = rec
 
     pvo = _require(
-        read_table(root, "paper_vs_ours", problems), ("setting", "metric", "paper", "ours"), "paper_vs_ours", problems
+        read_table(root, "paper_vs_ours", problems), schema.REQUIRED_COLUMNS[schema.PAPER_VS_OURS], "paper_vs_ours",
+        problems
     )
     if pvo is not None:
         pvo = pvo.copy()
@@ -260,7 +172,7 @@ def load_results(directory: str | Path | None = None) -> Results:
         pvo["ours/paper"] = (ours / paper).round(3)
     res.paper_vs_ours = pvo
 
-    res.samples = read_samples(root / "qa_samples.jsonl", problems)
+    res.samples = read_samples(root / schema.FILES["qa_samples"], problems)
 
     for path in sorted(root.glob("*.csv")):
         if path.stem in KNOWN_TABLES:
@@ -333,7 +245,7 @@ def load_bench_meta(directory: str | Path | None) -> list[dict]:
         return metas
     for path in sorted(root.glob("*.json")):
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw = schema.read_json(path)
         except (OSError, ValueError):
             continue
         if isinstance(raw, dict) and isinstance(raw.get("meta"), dict):
@@ -342,16 +254,10 @@ def load_bench_meta(directory: str | Path | None) -> list[dict]:
 
 
 def normalise_bench(frame: pd.DataFrame) -> pd.DataFrame | None:
-    """Rename known aliases to ``length`` / ``compress_s``; None if the essentials are missing."""
-    frame = frame.copy()
-    for canonical, aliases in (("length", _LENGTH_ALIASES), ("compress_s", _TIME_ALIASES)):
-        if canonical not in frame.columns:
-            alias = next((a for a in aliases if a in frame.columns), None)
-            if alias is None:
-                return None
-            frame = frame.rename(columns={alias: canonical})
-    if "method" not in frame.columns:
+    """``method`` as text, ``length`` and ``compress_s`` as numbers; None if one of them is missing."""
+    if not set(schema.REQUIRED_COLUMNS[schema.BENCH_STEM]) <= set(frame.columns):
         return None
+    frame = frame.copy()
     frame["method"] = frame["method"].astype(str)
     frame["length"] = pd.to_numeric(frame["length"], errors="coerce")
     frame["compress_s"] = pd.to_numeric(frame["compress_s"], errors="coerce")
@@ -373,8 +279,6 @@ def _no_path(value: Any) -> str:
 
 def meta_table_html(meta: dict[str, Any]) -> str:
     """meta.json as a small two-column table (and whether each method was trained), without paths."""
-    from .presentation import esc, label, table_html
-
     rows = [(name, _no_path(meta[key])) for key, name in _META_ROWS if meta.get(key) not in (None, "")]
     trained = meta.get("trained_by_method")
     if isinstance(trained, dict):
@@ -394,11 +298,7 @@ def _interval(row: pd.Series, name: str) -> str:
 
 def floor_note_html(res: Results) -> str:
     """A warning for the Compress & Ask tab while a committed compressor's QA score is not above its
-    no-information floors (icformer.evaluate.above_floor), with the measured numbers; "" otherwise."""
-    from icformer.evaluate import above_floor
-
-    from .presentation import banner, esc, label
-
+    no-information floors (icformer.results.above_floor), with the measured numbers; "" otherwise."""
     qa = res.qa_summary
     if qa is None or "f1_over_none_lo" not in qa.columns:
         return ""
@@ -469,8 +369,6 @@ def find_sample(res: Results, sample_id: str | None) -> dict | None:
 def sample_answers_html(sample: dict | None) -> str:
     """Every method's and floor's answer to one sample, with its scores and, for a compressor, its gain over
     its floors: where it read the context and where it guessed."""
-    from .presentation import esc, label
-
     if not sample:
         return ""
     answers = sample.get("answers", {})
@@ -526,8 +424,6 @@ def paper_table(frame: pd.DataFrame | None) -> pd.DataFrame | None:
 
 def extra_tables_html(res: Results) -> str:
     """The other tables, each scrolling sideways in its own box rather than running off the page."""
-    from .presentation import esc
-
     shown = {"qa_by_task": qa_table}
     parts = []
     for name, frame in res.extra_tables.items():

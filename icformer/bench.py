@@ -18,7 +18,6 @@ how close to the hardware's matmul speed the whole compression runs.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 import os
@@ -36,7 +35,7 @@ from .flops import Flops, chunk_grid, icae_flops, icformer_flops, measure_flops
 from .generation import SamplingOptions, generate_from_embeds
 from .models import new_model
 from .prompts import assemble, prompt_style, question_layout
-from .spec import CompressorSpec
+from .results import BENCH_COLUMNS, BENCH_STEM, MEASUREMENTS, write_table
 from .timing import cpu_name, elapsed, peak_memory_bytes, reset_peak_memory, source_commit
 
 DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096)
@@ -47,16 +46,9 @@ QUICK_REPEATS = 3
 DECODE_TOKENS = 32  # new tokens decoded per method at batch 1 (quick: QUICK_DECODE_TOKENS)
 QUICK_DECODE_TOKENS = 16
 QUESTION = "What is the main point of this text?"
-FILE_STEM = "bench"
+FILE_STEM = BENCH_STEM
 
-# One row per (batch_size, length, method); every row carries every column (None = not applicable).
-COLUMNS = (
-    "method", "batch_size", "length", "k", "L", "num_chunks", "num_vectors", "repeats",
-    "compress_s", "prefill_s", "total_s", "speedup_vs_icae", "total_speedup_vs_full",
-    "flops_paper", "flops_exact", "flops_measured", "flops_ratio_vs_icae", "prefill_flops_measured",
-    "gflops_per_s", "matmul_gflops_per_s", "flop_bound_s", "time_over_flop_bound",
-    "memory_bytes", "memory_kind", "device", "decode_tokens_per_s",
-)
+COLUMNS = BENCH_COLUMNS  # the schema: icformer/results.py
 
 
 # --------------------------------------------------------------------------- measurements
@@ -367,11 +359,7 @@ def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out_dir: str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {suffix: out / f"{FILE_STEM}.{suffix}" for suffix in ("csv", "json", "html")}
-    with paths["csv"].open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    paths["json"].write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_table(out, FILE_STEM, rows, COLUMNS, meta=meta, fmt=MEASUREMENTS)
     # plotly.js from its CDN keeps the committed file small; the app draws the same rows offline.
     figure(rows, meta).write_html(paths["html"], include_plotlyjs="cdn")
     return paths

@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import iter_jsonl, sha256_bytes, sha256_file, write_jsonl
+from .files import iter_jsonl, sha256_bytes, sha256_file, write_jsonl
 
 log = logging.getLogger(__name__)
 

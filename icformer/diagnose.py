@@ -146,7 +146,7 @@ def memorise(compressor: nn.Module, target, window_ids: list[int], *, steps: int
 
 def held_out_windows(target, data_dir: str, n: int, length: int) -> list[list[int]]:
     """The first `length` tokens of the first `n` held-out texts long enough to fill a window."""
-    from .io import read_jsonl
+    from .files import read_jsonl
 
     path = Path(data_dir) / "pretrain_valid.jsonl"
     if not path.is_file():

@@ -26,7 +26,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from .io import sha256_file
+from .files import sha256_file
 
 MIB = 1 << 20
 CALL_LIMIT = 64 * MIB  # the working tree one device call may send, carried paths included

@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 import torch
 
 from .defaults import cache_root
-from .io import sha256_file
+from .files import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from .io import partial_path, sha256_file
+from .files import partial_path, sha256_file
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_metadata
 from .defaults import ASSETS_DIR
 from .train import latest_checkpoint
@@ -142,7 +142,7 @@ def summarise_stage(run_dir: Path, data_dir: Path) -> StageSummary:
 def heldout_reconstruction(cc, method: str, data_dir: Path, samples: int, length: int, seed: int) -> dict[str, Any]:
     """Greedy reconstruction of `samples` validation windows of `length` tokens (+16 new tokens at most),
     scored as `python -m icformer evaluate` scores its reconstructions: mean BLEU, token accuracy, CE."""
-    from .io import read_jsonl
+    from .files import read_jsonl
     from .evaluate import Method, TextSource, encode_timed, generate_batch, reconstruction_ce
     from .metrics import sentence_bleu
     from .prompts import prompt_style, reconstruction_layout

@@ -157,7 +157,7 @@ class SampleStream:
 
 
 def load_rows(config: TrainConfig, split: str) -> list[dict]:
-    from .io import read_jsonl
+    from .files import read_jsonl
 
     name = {"pretrain": "pretrain_{}.jsonl", "finetune": "instruct_{}.jsonl"}[config.stage]
     split_name = {"pretrain": {"train": "train", "valid": "valid"}, "finetune": {"train": "train", "valid": "test"}}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from icformer import data as D
-from icformer.io import read_jsonl, write_jsonl
+from icformer.files import read_jsonl, write_jsonl
 
 # --------------------------------------------------------------------------------------
 # Made-up text

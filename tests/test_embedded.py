@@ -46,7 +46,7 @@ def test_full_context_answer_is_sensible(cc):
 def test_the_committed_checkpoints_are_trained_and_described_by_their_cards():
     """assets/checkpoints/ holds finished runs: from_default loads them without a warning, and each
     card describes exactly the weights beside it."""
-    from icformer.io import sha256_file
+    from icformer.files import sha256_file
     from icformer.evaluate import default_no_pretrain_dir
     from icformer.modeling_icformer import WEIGHTS_NAME
     from icformer.publish import read_card

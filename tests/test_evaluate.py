@@ -12,6 +12,7 @@ import torch
 from app.results import load_bench_results, load_results
 from icformer import ContextCompressor, UntrainedWarning
 from icformer import evaluate
+from icformer.evaluate import decoding, runner
 from icformer.cli import main
 from icformer.evaluate import (
     PAPER_NUMBERS,
@@ -100,13 +101,13 @@ class CountingGenerate:
     """Counts the prompts the evaluation decodes (it decodes them in batches)."""
 
     def __init__(self, monkeypatch):
-        self.calls, original = 0, evaluate.generate_batch
+        self.calls, original = 0, decoding.generate_batch
 
         def counted(cc, items, *args, **kwargs):
             self.calls += len(items)
             return original(cc, items, *args, **kwargs)
 
-        monkeypatch.setattr(evaluate, "generate_batch", counted)
+        monkeypatch.setattr(decoding, "generate_batch", counted)
 
 
 def test_writes_the_documented_schema_and_the_app_reads_it(cc, data_dir, tmp_path):
@@ -300,7 +301,7 @@ def test_batched_decoding_matches_answer_and_reconstruct(cc):
 def test_first_line_stops_at_a_line_break(cc):
     """The short-answer protocol keeps an answer's first non-blank line."""
     tokenizer = cc.tokenizer
-    stop = evaluate._FirstLine(tokenizer)
+    stop = decoding.FirstLine(tokenizer)
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("\nyes", "yes\nno", "yes no")]
     width = max(map(len, ids))
     batch = torch.tensor([i + [tokenizer.eos_token_id] * (width - len(i)) for i in ids])
@@ -345,7 +346,7 @@ def test_other_committed_benchmark_runs_are_tabled_beside_the_paper(cc, data_dir
 def test_the_commit_is_read_before_the_run_writes_its_own_outputs(cc, data_dir, tmp_path, monkeypatch):
     """Results written into a tracked folder must not mark the commit they came from as dirty."""
     states = iter([("c0ffee", False)])  # one clean reading; another would find the run's own files
-    monkeypatch.setattr(evaluate, "source_commit", lambda: next(states, ("c0ffee", True)))
+    monkeypatch.setattr(runner, "source_commit", lambda: next(states, ("c0ffee", True)))
     run_evaluation(cc, tmp_path / "results", data_dir=data_dir, no_pretrain=None, progress=False,
                    **dict(SMALL, sections=("bench",)))
     assert json.loads((tmp_path / "results" / "meta.json").read_text())["commit"] == "c0ffee"
@@ -353,7 +354,7 @@ def test_the_commit_is_read_before_the_run_writes_its_own_outputs(cc, data_dir, 
 
 def test_source_commit_names_this_checkout():
     commit, dirty = source_commit()
-    if (Path(evaluate.__file__).resolve().parent.parent / ".git").exists():
+    if (Path(evaluate.__file__).resolve().parents[2] / ".git").exists():
         assert len(commit) == 40 and int(commit, 16) >= 0 and isinstance(dirty, bool)
     else:  # an unpacked copy, not a checkout
         assert (commit, dirty) == (None, None)
@@ -406,7 +407,7 @@ def test_a_run_with_unfinished_samples_is_labelled_partial(cc, data_dir, tmp_pat
 def test_an_interrupted_run_says_partial_and_the_next_one_finishes_it(cc, data_dir, tmp_path, monkeypatch):
     out = tmp_path / "results"
     settings = dict(SMALL, sections=("qa",), qa_samples=2, batch_size=2)
-    original, calls = evaluate.generate_batch, []
+    original, calls = decoding.generate_batch, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -414,13 +415,13 @@ def test_an_interrupted_run_says_partial_and_the_next_one_finishes_it(cc, data_d
             raise KeyboardInterrupt  # what `run` turns SIGTERM into
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "generate_batch", interrupted)
+    monkeypatch.setattr(decoding, "generate_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False, **settings)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["status"] == "partial" and meta["unfinished"]["qa"].startswith("2 of 12")
     assert len(_jsonl(out / "qa_answers.jsonl")) == 2
-    monkeypatch.setattr(evaluate, "generate_batch", original)
+    monkeypatch.setattr(decoding, "generate_batch", original)
     run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False,
                    **dict(settings, sections=("qa", "reconstruction", "randomness")))
     meta = json.loads((out / "meta.json").read_text())
@@ -436,3 +437,35 @@ def test_findings_name_a_compressor_whose_answers_depend_on_its_context_but_not_
                f1_over_swapped_hi=0.02)
     text = " ".join(qa_findings([row], max_new_tokens=12))
     assert "above its swapped floor but not above `none`" in text and "depend on the context" in text
+
+
+def test_every_setting_is_a_flag_and_flags_override_only_what_they_name():
+    import argparse
+    from dataclasses import fields
+
+    from icformer.cli import evaluate as evaluate_cli
+    from icformer.cli.args import dataclass_overrides
+
+    parser = argparse.ArgumentParser()
+    evaluate_cli.add_arguments(parser, "evaluate")
+    flags = {a.dest for a in parser._actions}
+    assert {f.name for f in fields(EvalSettings)} <= flags
+    args = parser.parse_args(["--sections", "qa", "bench", "--length-buckets", "20", "40", "--no-bench-quick"])
+    assert dataclass_overrides(args, EvalSettings) == dict(sections=("qa", "bench"), length_buckets=(20, 40),
+                                                          bench_quick=False)
+
+
+def test_a_table_reads_back_as_written(tmp_path):
+    """The schema's writer and reader: CSV cells typed per column, empty cells None, a JSON twin."""
+    from icformer.results import MEASUREMENTS, read_table, write_table
+
+    rows = [dict(method="icformer", n=3, f1=0.25, trained=False, note=None),
+            dict(method="full", n=4, f1=None, trained=True, note="1x")]
+    write_table(tmp_path, "t", rows)
+    assert read_table(tmp_path, "t") == rows
+    (tmp_path / "t.csv").unlink()
+    assert read_table(tmp_path, "t") == rows  # from the JSON twin
+    write_table(tmp_path, "m", rows, meta={"device": "cpu"}, fmt=MEASUREMENTS)
+    assert (tmp_path / "m.csv").read_bytes().startswith(b"method,n,f1,trained,note\r\n")
+    assert json.loads((tmp_path / "m.json").read_text()) == {"meta": {"device": "cpu"}, "rows": rows}
+    assert write_table(tmp_path, "t", []) == [] and not (tmp_path / "t.json").exists()

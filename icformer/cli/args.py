@@ -1,10 +1,18 @@
-"""Argument helpers every verb shares: the model flags, and flags derived from a settings dataclass."""
+"""Argument helpers every verb shares: the model flags, and flags derived from a settings dataclass.
+
+`add_dataclass_arguments` adds ``--<field-name>`` per field (``bool``: ``--x/--no-x``; ``tuple[T, ...]``:
+one or more T; ``T | None``: T), every default None so that only flags given on the command line
+override; `dataclass_overrides` reads them back. A field's ``metadata={"help": ..., "choices": ...}``
+gives its help text and allowed values, so a new setting is a new flag without a second list.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any
+import types
+import typing
+from typing import Any, Iterable, Mapping
 
 from ..compressor import ContextCompressor, build_compressor, load_profile
 from ..defaults import METHODS, PROFILE_ENV
@@ -33,30 +41,43 @@ def add_method_arg(parser: argparse.ArgumentParser, default: str | None) -> None
     parser.add_argument("--method", default=default, choices=list(METHODS))
 
 
-def flag_name(field_name: str, renames: dict[str, str]) -> str:
-    return renames.get(field_name, "--" + field_name.replace("_", "-"))
+def _field_type(annotation: Any) -> tuple[Any, bool]:
+    """(element type, is a tuple) of a field annotation, an Optional stripped."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is tuple:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, renames: dict[str, str] | None = None,
-                       skip: tuple[str, ...] = (), helps: dict[str, str] | None = None) -> None:
-    """One flag per field of `cls` (default None: "not given", so presets and files can fill it).
+def _flags(cls: type, skip: Iterable[str]) -> list[tuple[dataclasses.Field, Any, bool]]:
+    hints = typing.get_type_hints(cls)
+    return [(f, *_field_type(hints[f.name])) for f in dataclasses.fields(cls) if f.name not in set(skip)]
 
-    Booleans get --x / --no-x; int, float and str fields parse as such; `renames` maps a field to
-    another flag (e.g. out_dir -> --out)."""
-    renames, helps = renames or {}, helps or {}
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        flag, kind = flag_name(f.name, renames), str(f.type)
-        if kind == "bool":
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: Iterable[str] = (),
+                            flags: Mapping[str, str] | None = None) -> None:
+    """One flag per field of dataclass `cls` but those in `skip`; `flags` renames some ({field: "--flag"})."""
+    defaults = cls()
+    for f, kind, is_tuple in _flags(cls, skip):
+        flag = (flags or {}).get(f.name, "--" + f.name.replace("_", "-"))
+        default = getattr(defaults, f.name)
+        shown = " ".join(map(str, default)) if is_tuple else default
+        text = f.metadata.get("help")
+        help_text = f"{text} (default {shown})" if text and default is not None else text
+        if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=helps.get(f.name))
+                                help=help_text)
             continue
-        parse = {"int": int, "float": float}.get(kind.split(" ")[0], str)
-        parser.add_argument(flag, dest=f.name, type=parse, default=None, help=helps.get(f.name))
+        parser.add_argument(flag, dest=f.name, type=kind if kind in (int, float) else str, default=None,
+                            nargs="+" if is_tuple else None, choices=f.metadata.get("choices"), help=help_text)
 
 
-def dataclass_overrides(args: argparse.Namespace, cls: type, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The fields of `cls` the flags set (None: not given)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-            if f.name not in skip and getattr(args, f.name, None) is not None}
+def dataclass_overrides(args: argparse.Namespace, cls: type, *, skip: Iterable[str] = ()) -> dict[str, Any]:
+    """The fields of `cls` given on the command line (tuples as tuples); flags not given are left out."""
+    out = {}
+    for f, _, is_tuple in _flags(cls, skip):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            out[f.name] = tuple(value) if is_tuple else value
+    return out

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..train import PRESETS_DIR, TrainConfig, train
-from .args import add_dataclass_args, dataclass_overrides
+from .args import add_dataclass_arguments, dataclass_overrides
 
 RENAMES = {"out_dir": "--out"}
 
@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument("--preset", default=None, help=f"named settings in {PRESETS_DIR}: paper-*, cpu-*")
     parser.add_argument("--config", default=None, help="a YAML file of TrainConfig fields")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    add_dataclass_args(parser, TrainConfig, renames=RENAMES)
+    add_dataclass_arguments(parser, TrainConfig, flags=RENAMES)
 
 
 def run(args: argparse.Namespace) -> int:

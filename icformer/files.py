@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict]:
@@ -20,6 +20,33 @@ def iter_jsonl(path: str | Path) -> Iterator[dict]:
 def read_jsonl(path: str | Path) -> list[dict]:
     """Read a whole JSONL file into a list of dicts."""
     return list(iter_jsonl(path))
+
+
+def read_jsonl_lenient(path: str | Path, accept: Callable[[Any], bool] = lambda row: isinstance(row, dict),
+                       limit: int | None = None) -> tuple[list[dict], int]:
+    """(rows, unreadable lines) of a JSONL store: lines that do not parse or that `accept` rejects
+    (a torn last line of a run killed mid-write) are counted and skipped, not fatal; blank lines are
+    neither. At most `limit` rows."""
+    rows: list[dict] = []
+    bad = 0
+    if not Path(path).is_file():
+        return rows, bad
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if limit is not None and len(rows) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            if accept(row):
+                rows.append(row)
+            else:
+                bad += 1
+    return rows, bad
 
 
 def partial_path(path: str | Path) -> Path:
