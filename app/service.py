@@ -103,7 +103,7 @@ def describe(cc) -> ModelInfo:
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     compressors: dict[str, dict] = {}
     for method in cc.methods():
-        model = {"icformer": cc.icformer, "icae": getattr(cc, "icae", None)}.get(method)
+        model = cc.model_for(method)
         if model is None:
             continue
         cfg = getattr(model, "config", None)

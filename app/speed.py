@@ -27,14 +27,12 @@ __all__ = ["QUICK_LENGTHS", "bench_available", "committed_runs", "compression_fl
 
 
 def compression_flops(cc, method: str, num_tokens: int, batch: int = 1) -> float | None:
-    """Exact matmul FLOPs to compress one ``num_tokens``-token context; None when unavailable."""
-    if num_tokens < 1:
+    """Exact matmul FLOPs to compress one ``num_tokens``-token context; None when unavailable
+    (no such compressor loaded, the full context, or a count that failed)."""
+    if num_tokens < 1 or method not in cc.methods() or method == "full":
         return None
     try:
-        if method == "icformer":
-            return float(flops.icformer_flops(cc.icformer.config, num_tokens, batch).exact)
-        if method == "icae" and getattr(cc, "icae", None) is not None:
-            return float(flops.icae_flops(cc.icae, num_tokens, batch).exact)
+        return float(flops.compression_flops(cc, method, num_tokens, batch))
     except Exception as err:  # a FLOPs column must never break compression
         log.warning("FLOPs unavailable for %s: %s", method, err)
     return None

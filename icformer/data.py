@@ -45,11 +45,11 @@ import sys
 import tarfile
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import iter_jsonl, sha256_bytes, sha256_file, write_jsonl
+from .files import sha256_bytes, sha256_file, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -175,12 +175,6 @@ BIGBENCH_NOTICE = (
 # --------------------------------------------------------------------------------------
 # Small readers / writers
 # --------------------------------------------------------------------------------------
-
-
-def iter_pretrain_texts(path: str | Path) -> Iterator[str]:
-    """Yield the ``text`` of every row of a pre-training JSONL file (lazily)."""
-    for row in iter_jsonl(path):
-        yield row["text"]
 
 
 # --------------------------------------------------------------------------------------
@@ -948,8 +942,6 @@ __all__ = [
     "context_key",
     "document_passages",
     "ensure_source",
-    "iter_jsonl",
-    "iter_pretrain_texts",
     "load_bigbench_tasks",
     "load_gutenberg_documents",
     "load_stdlib_documents",
@@ -957,13 +949,10 @@ __all__ = [
     "parse_bigbench_example",
     "prepare_data",
     "prepare_from_archives",
-    "read_jsonl",
     "read_tar_members",
-    "sha256_file",
     "split_by_context",
     "split_documents",
     "split_passages",
     "split_sentences",
     "text_blocks",
-    "write_jsonl",
 ]

@@ -220,16 +220,16 @@ def _card(name: str, stages: list[StageSummary], reconstruction: dict[str, Any] 
 def _finish(staging: Path, dest: Path, name: str, stages: list[StageSummary], training_run: dict | None,
             data_dir: Path, samples: int, length: int, seed: int, device: str | None, note: str | None = None) -> dict:
     """Measure the staged checkpoint, write its cards, then swap it in for `dest`."""
-    from .compressor import ContextCompressor, UntrainedWarning
+    from .compressor import UntrainedWarning, build_compressor
+    from .spec import CompressorSpec
 
     method = stages[-1].method
     reconstruction = None
     if any(s.stage == "pretrain" for s in stages):  # only pre-training teaches the [AE] vector
         with warnings.catch_warnings():  # the other method's seeded random stand-in; this one is trained
             warnings.simplefilter("ignore", UntrainedWarning)
-            cc = ContextCompressor.from_pretrained(stages[-1].config.get("llm"),  # what it trained against
-                                                   staging if method == "icformer" else None,
-                                                   staging if method == "icae" else None, device=device)
+            spec = CompressorSpec(llm=stages[-1].config.get("llm"), device=device, **{method: staging})  # as trained
+            cc = build_compressor(spec)
         reconstruction = heldout_reconstruction(cc, method, data_dir, samples, length, seed)
     card = dict(name=name, weights_sha256=sha256_file(staging / WEIGHTS_NAME), weights_dtype=str(PUBLISHED_DTYPE).removeprefix("torch."),
                 stages=[asdict(s) for s in stages], training_run=training_run, heldout_reconstruction=reconstruction,

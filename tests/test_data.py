@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from icformer import data as D
-from icformer.files import read_jsonl, write_jsonl
+from icformer.files import read_jsonl, read_jsonl_lenient, write_jsonl
 
 # --------------------------------------------------------------------------------------
 # Made-up text
@@ -403,7 +403,11 @@ def test_jsonl_readers(tmp_path: Path) -> None:
     info = write_jsonl(tmp_path / "x.jsonl", rows)
     assert info == {"sha256": _sha256(tmp_path / "x.jsonl"), "rows": 2}
     assert read_jsonl(tmp_path / "x.jsonl") == rows
-    assert list(D.iter_pretrain_texts(tmp_path / "x.jsonl")) == ["Ünïcode text — fine.", "second"]
+    with open(tmp_path / "x.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"id": "c", "te')  # a line torn by a killed writer
+    with pytest.raises(ValueError):
+        read_jsonl(tmp_path / "x.jsonl")
+    assert read_jsonl_lenient(tmp_path / "x.jsonl") == (rows, 1)
 
 
 def test_ensure_source_uses_cache_and_checks_sha(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..base import CompressorModel
 from ..checkpoint import CONFIG_NAME
 from ..compressor import ContextCompressor
 from ..defaults import ASSETS_DIR
-from ..icae import ICAEModel
 from ..llm import weights_fingerprint
 from ..models import load_model
 from ..prompts import prompt_style
@@ -28,8 +28,8 @@ class Method:
     method: str  # "icformer" | "icae" | "full"
 
     @property
-    def model(self) -> ICFormerModel | ICAEModel | None:
-        return {"icformer": self.cc.icformer, "icae": self.cc.icae}.get(self.method)
+    def model(self) -> CompressorModel | None:
+        return self.cc.model_for(self.method)
 
     @property
     def trained(self) -> bool:
