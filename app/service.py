@@ -122,7 +122,7 @@ def describe(cc) -> ModelInfo:
         hidden_size=cc.target.hidden_size,
         num_layers=int(getattr(text_config, "num_hidden_layers", 0) or 0),
         device=str(cc.device),
-        dtype=str(cc.target.dtype).replace("torch.", ""),
+        dtype=cc.target.dtype_name,
         methods=list(cc.methods()),
         compressors=compressors,
     )
