@@ -10,18 +10,20 @@ from __future__ import annotations
 import html
 import math
 import re
-from typing import TYPE_CHECKING, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+import pandas as pd
 
 from icformer import compare
 from icformer.compare import FirstTokenComparison
+from icformer.results import NONE_FLOOR, above_floor, order_methods
+from icformer.results import SWAPPED as SWAPPED_FLOOR
 
 from .about import PROFILE_CHOICE_HTML
+from .results import Results, interval_text, qa_table, sample_score
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
-    import pandas as pd
-
     from icformer import Answer
     from icformer.attention import AttentionReport
 
@@ -556,3 +558,96 @@ def word_diff(original: str, reconstructed: str) -> tuple[list[tuple[str, str | 
     """The highlighted diff and its word counts per label, for two texts."""
     ops = compare.word_diff(original, reconstructed)
     return diff_spans(ops), compare.diff_counts(ops)
+
+
+# ---------------------------------------------------------------------- committed evaluation results
+
+
+_META_ROWS = (("llm", "LLM"), ("device", "device"), ("machine", "machine"), ("date", "date"), ("commit", "commit"),
+              ("mode", "mode"), ("status", "status"), ("threads", "torch threads"))
+
+
+def _no_path(value: Any) -> str:
+    """A value as text, an absolute path reduced to its last part."""
+    text = str(value)
+    return Path(text).name if text.startswith(("/", "~")) or (len(text) > 2 and text[1:3] == ":\\") else text
+
+
+def meta_table_html(meta: dict[str, Any]) -> str:
+    """meta.json as a small two-column table (and whether each method was trained), without paths."""
+    rows = [(name, _no_path(meta[key])) for key, name in _META_ROWS if meta.get(key) not in (None, "")]
+    trained = meta.get("trained_by_method")
+    if isinstance(trained, dict):
+        rows.append(("trained", ", ".join(f"{label(m)}: {'yes' if ok else 'no'}" for m, ok in trained.items())))
+    if meta.get("notes"):
+        rows.append(("notes", str(meta["notes"])))
+    return table_html(["run", ""], rows).replace("<table ", f'<table title="{esc("meta.json")}" ', 1)
+
+
+def floor_note_html(res: Results) -> str:
+    """A warning for the Compress & Ask tab while a committed compressor's QA score is not above its
+    no-information floors (icformer.results.above_floor), with the measured numbers; "" otherwise."""
+    qa = res.qa_summary
+    if qa is None or "f1_over_none_lo" not in qa.columns:
+        return ""
+    overall = qa[qa["dataset"].astype(str) == "all"] if "dataset" in qa.columns else qa
+    rows = {str(r["method"]): r for _, r in overall.iterrows()}
+    near = []
+    for method in ("icformer", "icae"):
+        row = rows.get(method)
+        if row is None:
+            continue
+        if above_floor(row.to_dict(), "none") is not True or above_floor(row.to_dict(), "swapped") is False:
+            swapped = rows.get(method + SWAPPED_FLOOR)
+            near.append(f"{esc(label(method))} F1 {interval_text(row, 'f1')} against "
+                        f"{interval_text(swapped, 'f1') if swapped is not None else '–'} from another context's vectors")
+    if not near:
+        return ""
+    none, full = rows.get(NONE_FLOOR), rows.get("full")
+    n = int(full["n"]) if full is not None and pd.notna(full.get("n")) else None
+    context = (f"; the full context F1 {interval_text(full, 'f1')} and the question alone {interval_text(none, 'f1')}"
+               if full is not None and none is not None else "")
+    return banner("warn", (
+        "<b>The committed compressors barely read the context yet.</b> On "
+        f"{n if n is not None else 'the'} held-out questions of the committed evaluation: " + "; ".join(near)
+        + context + ". Where a compressor's answer below looks right, it may be a guess from the question; "
+        "compare it with the full context's. (Brackets: 95% intervals; see the Evaluation tab.)"))
+
+
+def sample_answers_html(sample: dict | None) -> str:
+    """Every method's and floor's answer to one sample, with its scores and, for a compressor, its gain over
+    its floors: where it read the context and where it guessed."""
+    if not sample:
+        return ""
+    answers = sample.get("answers", {})
+    methods = order_methods(answers)
+    head = ["method", "answer", "F1", "EM", "ROUGE-L F", "F1 gain over floors"]
+    body = []
+    for m in methods:
+        a = answers[m]
+        floors = [sample_score(sample, f, "f1") for f in (NONE_FLOOR, m + SWAPPED_FLOOR)]
+        floors = [f for f in floors if f is not None]
+        own = sample_score(sample, m, "f1")
+        gain = f"{own - max(floors):+.2f}" if m + SWAPPED_FLOOR in answers and own is not None and floors else ""
+        kind = " (floor)" if a.get("kind") == "floor" or m == NONE_FLOOR or m.endswith(SWAPPED_FLOOR) else ""
+        cells = [f"{label(m)}{kind}", str(a.get("text", ""))]
+        cells += [f"{v:.2f}" if (v := sample_score(sample, m, k)) is not None else "–"
+                  for k in ("f1", "exact_match", "rougeL_f")]
+        body.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in [*cells, gain]) + "</tr>")
+    return (f"<div class='icf-reference'><b>Reference:</b> {esc(sample.get('reference', ''))}</div>"
+            "<table class='icf-table' id='icf-sample-answers'><thead><tr>"
+            + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>" + "".join(body)
+            + "</tbody></table>")
+
+
+def extra_tables_html(res: Results) -> str:
+    """The other tables, each scrolling sideways in its own box rather than running off the page."""
+    shown = {"qa_by_task": qa_table}
+    parts = []
+    for name, frame in res.extra_tables.items():
+        frame = shown.get(name, lambda f: f)(frame)
+        html = frame.head(200).to_html(index=False, classes="icf-table", border=0, escape=True, na_rep="–",
+                                       float_format=lambda v: f"{v:.4g}")
+        parts.append(f"<h4>{esc(name)}</h4><div class='icf-scroll' style='overflow-x:auto;max-width:100%'>"
+                     f"{html}</div>")
+    return "".join(parts)

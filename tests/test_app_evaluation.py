@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from app import build_demo, charts, results
+from app import build_demo, charts, presentation, results
 from app.tabs import EvaluationTab, Shared
 from app.service import ModelService
 
@@ -65,7 +65,7 @@ def _tab(root: Path) -> EvaluationTab:
 
 def test_the_compress_and_ask_tab_says_when_compressors_score_at_their_floors(tmp_path):
     near = _write(tmp_path / "near", _summary(NEAR, gain_low=-0.02))
-    note = results.floor_note_html(results.load_results(near))
+    note = presentation.floor_note_html(results.load_results(near))
     assert "barely read the context" in note
     assert "IC-Former F1 0.061 [0.041, 0.081]" in note and "ICAE F1 0.072" in note
     assert "full context F1 0.144" in note and "question alone 0.058" in note
@@ -75,7 +75,7 @@ def test_the_compress_and_ask_tab_says_when_compressors_score_at_their_floors(tm
     assert "barely read the context" in shown.value
 
     read = _write(tmp_path / "read", _summary(dict(NEAR, icformer=0.13, icae=0.13), gain_low=0.01))
-    assert results.floor_note_html(results.load_results(read)) == ""  # dropped once they beat their floors
+    assert presentation.floor_note_html(results.load_results(read)) == ""  # dropped once they beat their floors
 
 
 def test_qa_chart_scales_to_the_data_with_intervals_and_separate_labels(tmp_path):
@@ -122,7 +122,7 @@ def test_sample_browser_fits_its_columns_and_shows_every_answer_with_the_floors(
                                                        abs=0.01)
     assert all(len(q) <= 44 for q in table["question"]) and len(table.columns) <= 10
 
-    html = results.sample_answers_html(results.find_sample(results.load_results(root), ids["value"]))
+    html = presentation.sample_answers_html(results.find_sample(results.load_results(root), ids["value"]))
     assert "1912" in html  # the reference
     for m in ("IC-Former", "ICAE", "Full context", "none (floor)", "icformer-swapped (floor)"):
         assert m in html
@@ -131,7 +131,7 @@ def test_sample_browser_fits_its_columns_and_shows_every_answer_with_the_floors(
 
 def test_the_by_task_table_scrolls_instead_of_running_off_the_page(tmp_path):
     res = results.load_results(_write(tmp_path / "r", _summary(NEAR, gain_low=-0.02)))
-    html = results.extra_tables_html(res)
+    html = presentation.extra_tables_html(res)
     assert "<h4>qa_by_task</h4><div class='icf-scroll' style='overflow-x:auto" in html
     header = html.split("<thead>")[1].split("</thead>")[0]
     assert header.count("<th") <= 11 and "f1_lo" not in header and "0.061 [0.041, 0.081]" in html

@@ -11,10 +11,10 @@ import gradio as gr
 from icformer.compare import first_token_comparison
 
 from ..presentation import (
-    ANSWER_SUBTITLES, GENERATING_HTML, answer_note, ask_headline, label, not_loaded_banner, not_loaded_placeholder,
-    timing_card,
+    ANSWER_SUBTITLES, GENERATING_HTML, answer_note, ask_headline, floor_note_html, label, not_loaded_banner,
+    not_loaded_placeholder, timing_card,
 )
-from ..results import floor_note_html, load_results
+from ..results import load_results
 from .common import (
 
 

@@ -12,8 +12,9 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .. import charts, results
-from ..presentation import banner, label, no_results_html, problems_banner, sample_answer_label
-from ..results import QA_METRICS, filter_samples, find_sample, load_results, meta_table_html, order_methods
+from ..presentation import (banner, extra_tables_html, label, meta_table_html, no_results_html, problems_banner,
+                            sample_answer_label, sample_answers_html)
+from ..results import QA_METRICS, filter_samples, find_sample, load_results, order_methods
 from .common import ANSWER_METHODS, Runner, Tab, UserInputError, View, friendly_errors, listen
 
 
@@ -148,7 +149,7 @@ class EvaluationTab(Tab):
         return DashboardView(
             status + problems_banner(res.problems), _shown(results.qa_table(res.qa_summary)),
             charts.qa_metrics_figure(res.qa_summary, dataset), charts.bleu_length_figure(res.reconstruction),
-            _shown(res.reconstruction), _shown(results.paper_table(res.paper_vs_ours)), results.extra_tables_html(res),
+            _shown(res.reconstruction), _shown(results.paper_table(res.paper_vs_ours)), extra_tables_html(res),
             gr.update(choices=["All", *qa_datasets], value=dataset), gr.update(choices=["All", *res.datasets],
                                                                                  value="All"),
             gr.update(choices=["All", *res.sample_methods], value="All"), gr.update(visible=bool(res.samples)),
@@ -193,5 +194,5 @@ class EvaluationTab(Tab):
                           str(match.get("reference", "")), *boxes, match)
 
     def sample_answers(self, sample_id: str | None) -> str:
-        return results.sample_answers_html(find_sample(load_results(self.shared.results_dir), sample_id))
+        return sample_answers_html(find_sample(load_results(self.shared.results_dir), sample_id))
 
