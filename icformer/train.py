@@ -30,6 +30,7 @@ from .objectives import (
     language_modelling_example,
     question_example,
 )
+from .defaults import EMBEDDED_K, EMBEDDED_L
 from .diagnose import context_use
 from .models import load_model, new_model
 from .prompts import prompt_style
@@ -51,8 +52,8 @@ class TrainConfig:
     # Another run's checkpoint dir to go on from, as a resume would (weights, window readout, optimizer,
     # schedule, step, sample order, log), with this run's options: a stage that changes the objective.
     continue_from: str | None = None
-    num_digest_tokens: int = 32
-    chunk_size: int = 128
+    num_digest_tokens: int = EMBEDDED_K
+    chunk_size: int = EMBEDDED_L
     context_tokens: int | None = None  # tokens per pre-training window (default: chunk_size)
     lm_ratio: float = 0.4  # ICAE pre-training: share of language-modelling samples
     kl_weight: float = 0.0  # fine-tuning: KL to the full-context teacher
