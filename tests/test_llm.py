@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny import make_tiny_llm, make_tiny_tokenizer, save_tiny_llm  # noqa: E402
 
 from icformer import llm as llm_mod  # noqa: E402
+from icformer.files import sha256_file  # noqa: E402
 from icformer.llm import (  # noqa: E402
     EMBEDDED_NAME,
     TargetLLM,
@@ -269,4 +270,4 @@ def test_embedded_default_converts_once_and_matches_gguf(tmp_path: Path) -> None
         expected = direct(ids).logits
         actual = cached.model(ids).logits
     assert torch.equal(expected, actual)
-    assert os.listdir(tmp_path / "gguf") == [llm_mod._file_sha256(gguf)]
+    assert os.listdir(tmp_path / "gguf") == [sha256_file(gguf)]
