@@ -3,7 +3,7 @@
 from .compressor import ContextCompressor, UntrainedWarning, build_compressor, load_profile
 from .context import CompressedContext
 from .generation import Answer
-from .modeling_icformer import ICFormerConfig, ICFormerModel
+from .compressors.modeling_icformer import ICFormerConfig, ICFormerModel
 from .spec import CompressorSpec
 
 __all__ = [

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .defaults import ASSETS_DIR, CHECKPOINTS_DIR
-from .modeling_icformer import ICFormerModel
+from .compressors.modeling_icformer import ICFormerModel
 from .prompts import context_prefix_ids, prompt_style
 
 if TYPE_CHECKING:

@@ -33,7 +33,7 @@ from .compressor import ContextCompressor, build_compressor, encode
 from .defaults import EMBEDDED_K, EMBEDDED_L, SOURCE_COMMIT_ENV
 from .flops import Flops, chunk_grid, icae_flops, icformer_flops, measure_flops
 from .generation import SamplingOptions, generate_from_embeds
-from .models import new_model
+from .compressors import new_model
 from .prompts import assemble, prompt_style, question_layout
 from .results import BENCH_COLUMNS, BENCH_STEM, MEASUREMENTS, write_table
 from .timing import cpu_name, elapsed, peak_memory_bytes, reset_peak_memory, source_commit

@@ -5,7 +5,7 @@
     cc.answer(z, "Who wrote the letter?")  # Answer with timings
 
 Methods share one interface: "icformer" (digests from word embeddings), "icae" (slots
-from the LLM run with LoRA; see icae.py) and "full" (the raw context's own token
+from the LLM run with LoRA; see compressors/icae.py) and "full" (the raw context's own token
 embeddings, the reference every comparison needs).
 """
 
@@ -18,12 +18,12 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .base import CompressorModel
+from .compressors.base import CompressorModel
 from .context import VERSION, CompressedContext
 from .defaults import CHECKPOINTS_DIR, DEFAULT_PROFILE, METHODS, RECONSTRUCTION_MARGIN
 from .generation import Answer, SamplingOptions, decode_text, generate_from_embeds, stream_from_embeds
 from .llm import TargetLLM, load_llm
-from .models import check_fits, load_model, new_model
+from .compressors import check_fits, load_model, new_model
 from .profiles import ProfileUnavailable, embedded_profile, get_profile, missing_pieces, resolve_profile_name
 from .prompts import assemble, context_prefix_ids, prompt_style, question_layout, reconstruction_layout, stop_token_ids
 from .spec import CompressorSpec

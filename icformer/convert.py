@@ -44,8 +44,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from .checkpoint import save_checkpoint
-from .modeling_icformer import ICFormerConfig, ICFormerModel
+from .compressors.checkpoint import save_checkpoint
+from .compressors.modeling_icformer import ICFormerConfig, ICFormerModel
 
 ICAE_SPECIAL_TOKENS = ("AE", "LM", "FT")  # rows k, k+1, k+2 of memory_token_embed
 ICAE_RELEASE_LORA_ALPHA = 32.0
@@ -271,7 +271,7 @@ def map_icae_release(
     lora_dropout: float = 0.05,
 ):
     """(ICAEConfig, our ICAE state dict, notes) from an ICAE v2 release's tensors."""
-    from .icae import ICAEConfig
+    from .compressors.icae import ICAEConfig
 
     if "memory_token_embed.weight" not in tensors:
         raise ValueError(
@@ -350,7 +350,7 @@ def convert_icae(
     With `llm` (the LLM it was trained on: an id or a local directory), the result is loaded
     into that LLM as a check that every LoRA module exists there with the right shapes.
     """
-    from .icae import ICAEModel
+    from .compressors.icae import ICAEModel
 
     source = Path(source)
     config, state, notes = map_icae_release(

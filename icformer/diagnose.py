@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from .base import CompressorModel
+from .compressors.base import CompressorModel
 from .defaults import CHECKPOINTS_DIR
 from .objectives import CompressionObjective, Example, autoencoding_example
 

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .modeling_icformer import ICFormerConfig, chunk_bounds
+from .compressors.modeling_icformer import ICFormerConfig, chunk_bounds
 
 if TYPE_CHECKING:  # importing them here would load peft (icae) and the whole library (compressor)
     from .compressor import ContextCompressor
-    from .icae import ICAEModel
+    from .compressors.icae import ICAEModel
 
 
 def paper_icae_flops(*, b: int, s: int, k: int, h: int, m: int, layers: int) -> int:

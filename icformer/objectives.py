@@ -29,7 +29,7 @@ from torch import nn
 
 from .compressor import encode
 from .llm import TargetLLM
-from .modeling_icformer import chunk_bounds
+from .compressors.modeling_icformer import chunk_bounds
 from .prompts import Layout, assemble, question_layout, reconstruction_layout
 
 IGNORE = -100

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from .compressors.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from .defaults import CHECKPOINTS_DIR, DEFAULT_PROFILE, EMBEDDED_K, EMBEDDED_L, PROFILE_ENV
 from .spec import CompressorSpec
 

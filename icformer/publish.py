@@ -23,7 +23,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from .files import partial_path, sha256_file
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_metadata
+from .compressors.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_metadata
 from .defaults import ASSETS_DIR
 from .train import latest_checkpoint
 

@@ -32,7 +32,7 @@ from .objectives import (
 )
 from .defaults import EMBEDDED_K, EMBEDDED_L
 from .diagnose import context_use
-from .models import load_model, new_model
+from .compressors import load_model, new_model
 from .prompts import prompt_style
 from .timing import machine_description
 

@@ -3,7 +3,7 @@
     python scripts/gpu_probe.py            # eager forward time, then the profiler's top CUDA ops
     python scripts/gpu_probe.py --compile  # also torch.compile's time for the same forward
 
-A diagnostic for optimising `modeling_icformer.py` on a lent GPU (random weights and inputs: speed
+A diagnostic for optimising `icformer/compressors/modeling_icformer.py` on a lent GPU (random weights and inputs: speed
 depends on shapes only); `python -m icformer bench` remains the benchmark of record. The compiled
 forward runs with autograd enabled (nothing requires grad), which takes the concatenating key path:
 inductor rejects the in-place key writes of the no-grad path.
@@ -18,7 +18,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from icformer.modeling_icformer import ICFormerConfig, ICFormerModel
+from icformer.compressors.modeling_icformer import ICFormerConfig, ICFormerModel
 
 SHAPES = ((1, 512), (8, 2048), (32, 512))  # contexts x tokens: 1, 32 and 32 chunks of 512
 

@@ -65,7 +65,7 @@ def tiny_factory(llm_dir: Path, step_delay_s: float = 0.0):
         icformer = make_tiny_icformer(target)
         icae = None
         try:
-            from icformer.icae import ICAEConfig, ICAEModel
+            from icformer.compressors.icae import ICAEConfig, ICAEModel
         except ImportError:
             pass
         else:

@@ -13,9 +13,9 @@ from safetensors.torch import save_file
 
 from icformer.cli import main
 from icformer.convert import convert_icae, convert_icformer, load_tensors
-from icformer.icae import ICAEModel
+from icformer.compressors.icae import ICAEModel
 from icformer.llm import load_llm
-from icformer.modeling_icformer import ICFormerModel
+from icformer.compressors.modeling_icformer import ICFormerModel
 
 H, HEADS, FFN, LAYERS, K = 32, 4, 48, 2, 4
 

@@ -48,7 +48,7 @@ def test_the_committed_checkpoints_are_trained_and_described_by_their_cards():
     card describes exactly the weights beside it."""
     from icformer.files import sha256_file
     from icformer.evaluate import default_no_pretrain_dir
-    from icformer.checkpoint import WEIGHTS_NAME
+    from icformer.compressors.checkpoint import WEIGHTS_NAME
     from icformer.publish import read_card
 
     with warnings.catch_warnings():

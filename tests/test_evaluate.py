@@ -25,7 +25,7 @@ from icformer.evaluate import (
     randomness_ids,
     run_evaluation,
 )
-from icformer.icae import ICAEConfig, ICAEModel
+from icformer.compressors.icae import ICAEConfig, ICAEModel
 from icformer.llm import load_llm
 from icformer.timing import source_commit
 

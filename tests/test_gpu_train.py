@@ -13,7 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 from icformer import lease
-from icformer.checkpoint import read_checkpoint_metadata
+from icformer.compressors.checkpoint import read_checkpoint_metadata
 from icformer.publish import export_runs, publish
 from icformer.train import latest_checkpoint, train
 

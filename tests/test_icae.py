@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from icformer import ContextCompressor, UntrainedWarning
-from icformer.icae import ICAEConfig, ICAEModel
+from icformer.compressors.icae import ICAEConfig, ICAEModel
 from icformer.llm import load_llm
 
 from .conftest import TINY_K, TINY_L, make_tiny_icformer

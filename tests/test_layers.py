@@ -11,8 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CORE = {"defaults", "files", "checkpoint", "base", "modeling_icformer", "icae", "llm", "architecture", "prompts",
-        "context", "generation", "text", "timing", "metrics", "spec", "profiles", "models", "results", "compare"}
+CORE = {"defaults", "files", "compressors", "llm", "architecture", "prompts", "context", "generation", "text",
+        "timing", "metrics", "spec", "profiles", "results", "compare"}
 ASSEMBLY = {"compressor", ""}  # "": the package itself, whose __init__ exports the entry point
 WORKFLOWS = {"objectives", "train", "diagnose", "bench", "evaluate", "publish", "data", "convert", "lease",
              "attention", "flops"}

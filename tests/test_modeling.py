@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from icformer import ICFormerConfig, ICFormerModel
-from icformer.modeling_icformer import chunk_bounds
+from icformer.compressors.modeling_icformer import chunk_bounds
 
 H, K, L = 32, 4, 16
 
@@ -265,7 +265,7 @@ def test_bad_head_count_is_refused():
 
 
 def test_own_windows_divide_each_true_length_among_the_digests():
-    from icformer.modeling_icformer import own_windows
+    from icformer.compressors.modeling_icformer import own_windows
 
     windows = own_windows(torch.tensor([16, 10, 2]), k=4, n=16)
     assert windows[0].sum(-1).tolist() == [4, 4, 4, 4] and windows[0, 1, 4:8].all()

@@ -1,4 +1,4 @@
-"""The one way to build: models.load_model / new_model by method name, CompressorSpec -> build_compressor."""
+"""The one way to build: compressors.load_model / new_model by method name, CompressorSpec -> build_compressor."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from icformer import CompressorSpec, build_compressor
-from icformer.checkpoint import CONFIG_NAME, load_checkpoint
+from icformer.compressors.checkpoint import CONFIG_NAME, load_checkpoint
 from icformer.compressor import encode
 from icformer.llm import load_llm
-from icformer.models import load_model, new_model
+from icformer.compressors import load_model, new_model
 
 from .conftest import TINY_K, TINY_L
 

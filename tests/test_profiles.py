@@ -39,7 +39,7 @@ def clean_env(monkeypatch):
 @pytest.fixture
 def paper_checkpoints(tmp_path, tiny_target, tiny_llm_dir):
     """A 'paper' checkpoint directory for the tiny LLM: icformer/ and icae/."""
-    from icformer.icae import ICAEConfig, ICAEModel
+    from icformer.compressors.icae import ICAEConfig, ICAEModel
 
     root = tmp_path / "paper-checkpoints"
     make_tiny_icformer(tiny_target, seed=3).save_pretrained(root / "icformer", trained=True)

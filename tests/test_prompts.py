@@ -15,7 +15,7 @@ from icformer import ContextCompressor, ICFormerModel, UntrainedWarning
 from icformer import compressor as compressor_module
 from icformer.convert import convert_icae, convert_icformer
 from icformer.evaluate import Method
-from icformer.icae import ICAEConfig, ICAEModel
+from icformer.compressors.icae import ICAEConfig, ICAEModel
 from icformer.llm import load_llm
 from icformer.objectives import autoencoding_example, question_example
 from icformer.prompts import (

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from icformer import ICFormerModel
-from icformer.checkpoint import read_checkpoint_metadata
+from icformer.compressors.checkpoint import read_checkpoint_metadata
 from icformer.publish import card_summary, publish, read_card, republish
 from icformer.train import train
 

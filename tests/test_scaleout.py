@@ -110,7 +110,7 @@ def test_launch_command_line_builds(name, monkeypatch):
         # the classes named for wrapping exist under those names
         from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-        from icformer.modeling_icformer import ICFormerBlock
+        from icformer.compressors.modeling_icformer import ICFormerBlock
 
         assert (LlamaDecoderLayer.__name__, ICFormerBlock.__name__) == ("LlamaDecoderLayer", "ICFormerBlock")
     else:

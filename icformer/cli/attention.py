@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..llm import load_llm
-    from ..models import load_model
+    from ..compressors import load_model
 
     checkpoints = args.checkpoints or [CHECKPOINTS_DIR / n for n in ("icformer", "icformer-no-pretrain")]
     texts = args.texts or sorted((ASSETS_DIR / "examples").glob("*.json"))

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2) if args.json else format_logged(rows))
         return 0
     from ..llm import load_llm
-    from ..models import load_model
+    from ..compressors import load_model
 
     target = load_llm(args.llm, device="cpu", dtype=torch.float32)
     icformer = load_model(args.icformer or CHECKPOINTS_DIR / "icformer", target, "icformer")

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..base import CompressorModel
-from ..checkpoint import CONFIG_NAME
+from ..compressors.base import CompressorModel
+from ..compressors.checkpoint import CONFIG_NAME
 from ..compressor import ContextCompressor
 from ..defaults import ASSETS_DIR
 from ..llm import weights_fingerprint
-from ..models import load_model
+from ..compressors import load_model
 from ..prompts import prompt_style
 from ..results import NO_PRETRAIN, NONE_FLOOR, SWAPPED
 

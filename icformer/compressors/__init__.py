@@ -1,42 +1,45 @@
-"""One compressor model by method name: loaded from a checkpoint, or seeded random for an LLM.
+"""The compression methods, one module each, behind one interface (`base.CompressorModel`): token ids
+in, vectors for the LLM out, task vectors, and the checkpoint files of `checkpoint.py`.
 
-The only place that maps "icformer" / "icae" to a class, so training, benchmarks, evaluation
-and the app build their models the same way.
+    modeling_icformer.py  IC-Former: cross-attention over the LLM's word embeddings (the paper)
+    icae.py               ICAE: the LLM itself with LoRA (the baseline)
+
+A new method is a module here with a `CompressorModel` subclass and one line in `METHODS`; the rest
+of the library (training, benchmarks, evaluation, the app) reaches it by name through this registry.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..defaults import EMBEDDED_K, EMBEDDED_L
+from ..llm import TargetLLM
 from .base import CompressorModel
 from .checkpoint import checkpoint_method
-from .defaults import EMBEDDED_K, EMBEDDED_L
-from .llm import TargetLLM
-from .modeling_icformer import ICFormerConfig, ICFormerModel
 
-COMPRESSOR_METHODS = ("icformer", "icae")
+# method -> (module in this package, class). Imported on first use: ICAE pulls in peft (~2 s).
+METHODS = {"icformer": ("modeling_icformer", "ICFormerModel"), "icae": ("icae", "ICAEModel")}
+COMPRESSOR_METHODS = tuple(METHODS)
 
 
-def _check_method(method: str) -> None:
-    if method not in COMPRESSOR_METHODS:
-        raise ValueError(f"unknown compressor {method!r}; choose one of {list(COMPRESSOR_METHODS)}")
+def model_class(method: str) -> type[CompressorModel]:
+    if method not in METHODS:
+        raise ValueError(f"unknown compressor {method!r}; choose one of {list(METHODS)}")
+    module, name = METHODS[method]
+    return getattr(importlib.import_module(f".{module}", __name__), name)
 
 
 def load_model(directory: str | Path, target: TargetLLM, method: str | None = None) -> CompressorModel:
     """The checkpoint in `directory` on `target`'s device and dtype; `method` refuses another kind."""
     found = checkpoint_method(directory, method)
-    _check_method(method or found)
+    cls = model_class(found)
     if method is not None and found != method:
         raise ValueError(f"{directory} holds a {found!r} checkpoint, not {method!r}")
-    if found == "icae":
-        from .icae import ICAEModel  # peft is imported only by runs that use ICAE
-
-        model = ICAEModel.from_pretrained(directory, target)
-    else:
-        model = ICFormerModel.from_pretrained(directory)
+    model = cls.load(directory, target)
     check_fits(model, target)
     return model.to(device=target.device, dtype=target.dtype)
 
@@ -44,15 +47,10 @@ def load_model(directory: str | Path, target: TargetLLM, method: str | None = No
 def new_model(method: str, target: TargetLLM, *, seed: int = 0, num_digest_tokens: int = EMBEDDED_K,
               chunk_size: int = EMBEDDED_L, **options: Any) -> CompressorModel:
     """A freshly initialised compressor sized for `target` (trained=False); `options` go to its config."""
-    _check_method(method)
+    cls = model_class(method)
     torch.manual_seed(seed)
-    llm_config = target.model.config
-    if method == "icae":
-        from .icae import ICAEConfig, ICAEModel
-
-        return ICAEModel(ICAEConfig.for_llm(llm_config, num_digest_tokens, chunk_size, **options), target)
-    config = ICFormerConfig.for_llm(llm_config, num_digest_tokens=num_digest_tokens, chunk_size=chunk_size, **options)
-    return ICFormerModel(config).to(device=target.device, dtype=target.dtype)
+    model = cls.create(target, num_digest_tokens=num_digest_tokens, chunk_size=chunk_size, **options)
+    return model.to(device=target.device, dtype=target.dtype)
 
 
 def check_fits(model: CompressorModel, target: TargetLLM) -> None:

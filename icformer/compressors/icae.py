@@ -25,9 +25,9 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from ..llm import TargetLLM
 from .base import CompressorModel, Embed
 from .checkpoint import load_checkpoint
-from .llm import TargetLLM
 from .modeling_icformer import ChunkedCompressorConfig, chunk_bounds
 
 ADAPTER_NAME = "icae"
@@ -185,6 +185,14 @@ class ICAEModel(CompressorModel):
         return [s.flatten(0, 1) for s in slots.split([len(spans) for spans in bounds])]
 
     # ----------------------------------------------------------------------- persistence
+
+    @classmethod
+    def create(cls, target: TargetLLM, *, num_digest_tokens: int, chunk_size: int, **options: Any) -> "ICAEModel":
+        return cls(ICAEConfig.for_llm(target.model.config, num_digest_tokens, chunk_size, **options), target)
+
+    @classmethod
+    def load(cls, directory: str | Path, target: TargetLLM) -> "ICAEModel":
+        return cls.from_pretrained(directory, target)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, target: TargetLLM) -> "ICAEModel":

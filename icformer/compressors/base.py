@@ -29,6 +29,16 @@ class CompressorModel(nn.Module):
         self.trained = False  # set by from_pretrained from the checkpoint's own record
         self.source_dir: Path | None = None  # the checkpoint it was loaded from (model card beside it)
 
+    @classmethod
+    def create(cls, target: Any, *, num_digest_tokens: int, chunk_size: int, **options: Any) -> "CompressorModel":
+        """A fresh model sized for the LLM `target` (k vectors per chunk of L tokens; `options`: its config)."""
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, directory: str | Path, target: Any) -> "CompressorModel":
+        """The model saved in `directory`, for the LLM `target`."""
+        raise NotImplementedError
+
     def encode(self, ids: list[list[int]], embed: Embed) -> list[torch.Tensor]:
         """Vectors for each context ([num_chunks * k, hidden] each), in one batched call."""
         raise NotImplementedError

@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .defaults import METHOD_NAMES
+from ..defaults import METHOD_NAMES
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
