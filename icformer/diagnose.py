@@ -204,7 +204,7 @@ def format_results(results: dict[str, Any]) -> str:
                   "| vectors | loss | token accuracy |", "|---|---|---|",
                   f"| own | {c['own_loss']:.3f} | {c['own_accuracy']:.3f} |",
                   f"| swapped from another window | {c['swapped_loss']:.3f} | {c['swapped_accuracy']:.3f} |",
-                  f"swap gap: {c['gap']:+.3f} nats/token (about 0: the vectors carry nothing of their window)", ""]
+                  f"swap gap: {c['gap']:+.3f} nats/token (0 would mean the vectors carry nothing of their window)", ""]
     if "locality" in results:
         lines += ["locality (paper §4: a band has order near 1 and window mass well above uniform)",
                   "| layer | order correlation | in order | window mass | uniform | context mass |",
