@@ -13,9 +13,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from icformer.defaults import REPO_DIR
+
 log = logging.getLogger(__name__)
 
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
+EXAMPLES_DIR = REPO_DIR / "assets" / "examples"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from icformer import results as schema
+from icformer.defaults import REPO_DIR, RESULTS_ENV
 from icformer.files import read_jsonl_lenient
 from icformer.results import NONE_FLOOR, order_methods
 from icformer.results import SWAPPED as SWAPPED_FLOOR
@@ -24,7 +25,7 @@ from icformer.results import SWAPPED as SWAPPED_FLOOR
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "results"
+DEFAULT_RESULTS_DIR = REPO_DIR / "assets" / "results"
 QA_METRICS = list(schema.QA_METRICS)
 KNOWN_TABLES = (schema.QA_SUMMARY, schema.REC_BY_LENGTH, schema.PAPER_VS_OURS)
 MAX_SAMPLES = 20_000
@@ -33,7 +34,7 @@ MAX_SAMPLES = 20_000
 def results_dir(explicit: str | Path | None = None) -> Path:
     if explicit is not None:
         return Path(explicit)
-    env = os.environ.get("ICFORMER_RESULTS")
+    env = os.environ.get(RESULTS_ENV)
     return Path(env) if env else DEFAULT_RESULTS_DIR
 
 

@@ -23,7 +23,6 @@ from .checkpoint import checkpoint_method
 
 # method -> (module in this package, class). Imported on first use: ICAE pulls in peft (~2 s).
 METHODS = {"icformer": ("modeling_icformer", "ICFormerModel"), "icae": ("icae", "ICAEModel")}
-COMPRESSOR_METHODS = tuple(METHODS)
 
 
 def model_class(method: str) -> type[CompressorModel]:
