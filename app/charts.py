@@ -181,24 +181,36 @@ def qa_metrics_figure(summary: pd.DataFrame | None, dataset: str | None = None) 
     return _layout(fig, title, "", "", height=140 + 30 * len(methods))
 
 
-def bleu_length_figure(frame: pd.DataFrame | None) -> go.Figure:
-    """Reconstruction BLEU-4 per length bucket with 95% intervals, the axis scaled to the data."""
+def reconstruction_length_figure(frame: pd.DataFrame | None) -> go.Figure:
+    """Reconstruction per length bucket with 95% intervals: BLEU-4 (its axis scaled to the data) and,
+    where the results have it, the swap gap beside it (nats/token the vectors carry of their own
+    window; zero marked), which still separates methods whose reconstructions BLEU scores near 0."""
+    from plotly.subplots import make_subplots
+
     if frame is None or frame.empty:
         return empty_figure("No reconstruction results yet")
-    fig = go.Figure()
+    panels = [("bleu", "BLEU-4")]
+    if "ce_gap" in frame.columns and pd.to_numeric(frame["ce_gap"], errors="coerce").notna().any():
+        panels.append(("ce_gap", "swap gap (nats/token)"))
+    fig = make_subplots(rows=1, cols=len(panels), horizontal_spacing=0.12, subplot_titles=[t for _, t in panels])
     ends = []
-    for i, (method, group) in enumerate(frame.groupby("method", sort=False)):
-        value, minus, plus = _bounds(group, "bleu")
-        ends += list(value + plus)
-        fig.add_trace(go.Scatter(
-            x=group["length_bucket"], y=value, mode="lines+markers", name=label(method),
-            line=dict(color=color(method, i), width=2.5),
-            error_y=dict(type="data", array=plus, arrayminus=minus, visible=True, thickness=1.2, width=4),
-            hovertemplate="≤ %{x} tokens: %{y:.3f}<extra>" + label(method) + "</extra>",
-        ))
-    fig.update_yaxes(range=[0, _axis_top(ends, minimum=0.02)], tickformat=".3~f")
-    return _layout(fig, "Reconstruction BLEU-4 vs context length (95% intervals)",
-                   "context length bucket (tokens, upper edge)", "BLEU-4")
+    for col, (metric, _) in enumerate(panels, 1):
+        for i, (method, group) in enumerate(frame.groupby("method", sort=False)):
+            value, minus, plus = _bounds(group, metric)
+            if metric == "bleu":
+                ends += list(value + plus)
+            fig.add_trace(go.Scatter(
+                x=group["length_bucket"], y=value, mode="lines+markers", name=label(method), showlegend=col == 1,
+                legendgroup=method, line=dict(color=color(method, i), width=2.5),
+                error_y=dict(type="data", array=plus, arrayminus=minus, visible=True, thickness=1.2, width=4),
+                hovertemplate="≤ %{x} tokens: %{y:.3f}<extra>" + label(method) + "</extra>",
+            ), row=1, col=col)
+    fig.update_yaxes(range=[0, _axis_top(ends, minimum=0.02)], tickformat=".3~f", row=1, col=1)
+    if len(panels) > 1:
+        fig.add_hline(y=0, line=dict(color="#9ca3af", width=1, dash="dot"), row=1, col=2)
+        fig.update_yaxes(tickformat=".2~f", row=1, col=2)
+    return _layout(fig, "Reconstruction vs context length (95% intervals)",
+                   "context length bucket (tokens, upper edge)", "")
 
 
 def attention_figure(tokens: list[str], weights: list[list[float]], layer: int) -> go.Figure:

@@ -56,6 +56,7 @@ class StageSummary:
     data_file: str
     data_sha256: str | None
     config: dict[str, Any]
+    precision: str | None = None  # accelerate's mixed_precision: "bf16" or "no"; None in older records
 
 
 def final_checkpoint(run_dir: Path) -> Path:
@@ -135,7 +136,7 @@ def summarise_stage(run_dir: Path, data_dir: Path) -> StageSummary:
         samples_seen=rows[-1]["samples_seen"], train_seconds=sum(r["step_s"] for r in rows),
         final_loss=sum(r["loss"] for r in rows[-10:]) / len(rows[-10:]), valid_loss=valid[-1] if valid else None,
         machine=record.get("machine"), torch=record.get("torch"), data_file=data_file,
-        data_sha256=outputs.get(data_file, {}).get("sha256"), config=config,
+        data_sha256=outputs.get(data_file, {}).get("sha256"), config=config, precision=record.get("precision"),
     )
 
 
@@ -198,7 +199,9 @@ def _card(name: str, stages: list[StageSummary], reconstruction: dict[str, Any] 
         valid = "n/a" if s.valid_loss is None else f"{s.valid_loss:.3f}"
         lines.append(f"| {s.stage} | {s.run} | {s.steps} | {s.samples_seen} | {s.train_seconds / 60:.1f} min | "
                      f"{s.final_loss:.3f} | {valid} | {s.data_file} ({(s.data_sha256 or 'unknown')[:12]}) |")
-    machines = sorted({f"{s.machine or 'machine not recorded'}, torch {s.torch or '?'}" for s in stages})
+    precisions = {"bf16": ", bf16 autocast", "no": ", fp32"}
+    machines = sorted({f"{s.machine or 'machine not recorded'}, torch {s.torch or '?'}"
+                       f"{precisions.get(s.precision or '', '')}" for s in stages})
     lines += ["", f"Machine: {'; '.join(machines)}. Training time is the sum of logged step times.", "",
               "Weights: bfloat16, rounded from the float32 weights training ended with (loading upcasts them to "
               "the model's dtype).", ""]

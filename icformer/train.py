@@ -34,7 +34,7 @@ from .defaults import EMBEDDED_K, EMBEDDED_L
 from .diagnose import context_use
 from .compressors import load_model, new_model
 from .prompts import prompt_style
-from .timing import machine_description
+from .timing import bf16_matmul_speedup, machine_description
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs" / "train"
 STATE_NAME = "trainer_state.pt"
@@ -70,7 +70,7 @@ class TrainConfig:
     eval_samples: int = 16
     save_every: int = 100
     seed: int = 0
-    mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    mixed_precision: str = "auto"  # auto: bf16 on a GPU or a CPU with fast bf16 matmuls (AMX), else fp32
     output_norm_init: float = 1.0  # named deviation from the paper (docs/learning.md); 1.0 = paper
     digest_init_std: float = 0.0
     local_window_layers: int = 0  # IC-Former locality prior (docs/learning.md); 0 = paper
@@ -172,16 +172,16 @@ def load_rows(config: TrainConfig, split: str) -> list[dict]:
 
 
 def build_model(config: TrainConfig, target):
-    """A fresh compressor sized for the LLM, or one loaded from `init_from` / `continue_from`."""
+    """A fresh float32 compressor sized for the LLM, or one loaded from `init_from` / `continue_from`."""
     torch.manual_seed(config.seed)  # what follows draws from it too (the readout's init)
     source = config.init_from or (str(Path(config.continue_from) / "model") if config.continue_from else None)
     if source:  # the model's shape and options are the checkpoint's own
-        return load_model(source, target, config.method)
+        return load_model(source, target, config.method, dtype=torch.float32)
     options = (dict(output_norm_init=config.output_norm_init, digest_init_std=config.digest_init_std,
                     local_window_layers=config.local_window_layers)
                if config.method == "icformer" else dict(lora_r=config.lora_r))
     return new_model(config.method, target, seed=config.seed, num_digest_tokens=config.num_digest_tokens,
-                     chunk_size=config.chunk_size, **options)
+                     chunk_size=config.chunk_size, dtype=torch.float32, **options)
 
 
 def trainable_parameters(compressor) -> list[torch.nn.Parameter]:
@@ -361,13 +361,25 @@ class _Run:
     log_path: Path
 
 
+def resolve_precision(setting: str) -> str:
+    """accelerate's mixed_precision for `setting`; "auto" takes bf16 where it pays: on a GPU, and on a
+    CPU whose bf16 matmuls run at least twice as fast as fp32 (AMX; training steps then take about 0.6x
+    as long, docs/machine.md §5), fp32 ("no") elsewhere."""
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() or bf16_matmul_speedup() >= 2.0 else "no"
+
+
 def _accelerator(config: TrainConfig):
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import DistributedType
 
-    precision = config.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() else "no"
+    from accelerate.state import AcceleratorState
+
+    precision = resolve_precision(config.mixed_precision)
+    # accelerate keeps one precision per process; a later run in the same process (tests, a notebook)
+    # may choose another. The distributed state (process group) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     # ICAE mixes AE and LM samples, so a micro-batch may leave the [LM] vector unused.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=config.method == "icae")
     accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(),
@@ -395,7 +407,9 @@ def _prepare(config: TrainConfig, resume: bool, target) -> _Run:
     accelerator = _accelerator(config)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = target or load_llm(config.llm, device=str(accelerator.device), dtype=torch.float32)
+    # Under bf16 autocast the frozen LLM is stored in bf16 (no per-step casts); the trained weights stay float32.
+    llm_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+    target = target or load_llm(config.llm, device=str(accelerator.device), dtype=llm_dtype)
     compressor = build_model(config, target).to(accelerator.device)
     compressor.train()
     for name, vector in compressor.task_embeddings.items():  # the paper freezes [AE] when fine-tuning
@@ -503,7 +517,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
             done = step == config.max_steps or stopping or step == stop_after
             if step % config.save_every == 0 or done:
                 save_checkpoint(accelerator, Path(config.out_dir), step, run.objective, run.optimizer, run.scheduler,
-                                config, _record(row, config, accelerator.device),
+                                config, _record(row, config, accelerator),
                                 finished=step >= config.max_steps or budget_spent)
             if step == stop_after:
                 break
@@ -537,10 +551,11 @@ def checkpoint_llm(model):
     return undo
 
 
-def _record(row: dict, config: TrainConfig, device: torch.device) -> dict:
+def _record(row: dict, config: TrainConfig, accelerator) -> dict:
     """What a checkpoint says of its own making (the model card reads it)."""
     return {"stage": config.stage, "steps": row.get("step"), "samples_seen": row.get("samples_seen"),
-            "loss": row.get("loss"), "elapsed_s": row.get("elapsed_s"), "machine": machine_description(device),
+            "loss": row.get("loss"), "elapsed_s": row.get("elapsed_s"),
+            "machine": machine_description(accelerator.device), "precision": accelerator.mixed_precision,
             "torch": torch.__version__}
 
 

@@ -41,8 +41,8 @@ def _write(root: Path, summary: pd.DataFrame) -> Path:
     by_task = pd.concat([summary.assign(dataset=d) for d in ("disfl_qa", "multirc", "quoref")])
     by_task.to_csv(root / "qa_by_task.csv", index=False)
     (root / "reconstruction_by_length.csv").write_text(
-        "method,length_bucket,bleu,bleu_lo,bleu_hi,n\n"
-        + "".join(f"{m},{b},{v:.3f},{v - 0.004:.3f},{v + 0.006:.3f},30\n"
+        "method,length_bucket,bleu,bleu_lo,bleu_hi,ce_gap,ce_gap_lo,ce_gap_hi,n\n"
+        + "".join(f"{m},{b},{v:.3f},{v - 0.004:.3f},{v + 0.006:.3f},{10 * v:.3f},{10 * v - 0.05:.3f},{10 * v + 0.05:.3f},30\n"
                   for m, v0 in (("icformer", 0.012), ("icae", 0.02)) for b, v in zip((100, 300, 500), (v0, v0 / 2, 0.003))))
     (root / "meta.json").write_text(json.dumps({
         "llm": "/root/.cache/icformer/SmolLM2-135M-Instruct", "device": "cpu", "machine": "AMD EPYC, 2 CPU cores",
@@ -98,9 +98,13 @@ def test_qa_chart_scales_to_the_data_with_intervals_and_separate_labels(tmp_path
 
 def test_bleu_chart_scales_to_the_data_with_intervals(tmp_path):
     res = results.load_results(_write(tmp_path / "r", _summary(NEAR, gain_low=-0.02)))
-    fig = charts.bleu_length_figure(res.reconstruction)
+    fig = charts.reconstruction_length_figure(res.reconstruction)
     assert all(t.error_y.visible for t in fig.data)
     assert 0.026 <= fig.layout.yaxis.range[1] < 0.1  # BLEU of at most 0.026 does not lie flat on a 0-1 axis
+    gaps = [t for t in fig.data if t.xaxis == "x2"]  # the swap gap beside it, one line per method
+    assert gaps and len(gaps) == len(fig.data) / 2 and not any(t.showlegend for t in gaps)
+    frame = res.reconstruction.drop(columns=[c for c in res.reconstruction.columns if c.startswith("ce_gap")])
+    assert {t.xaxis for t in charts.reconstruction_length_figure(frame).data} == {"x"}  # older results: BLEU alone
 
 
 def test_the_run_banner_is_a_small_table_without_machine_paths(tmp_path):

@@ -160,6 +160,12 @@ def test_writes_the_documented_schema_and_the_app_reads_it(cc, data_dir, tmp_pat
     assert [(r["method"], r["length_bucket"]) for r in rec] == [("icformer", 20), ("icformer", 40), ("icae", 20),
                                                                 ("icae", 40)]
     assert all(r["ce"] > 0 and 0 <= r["bleu_lo"] <= r["bleu"] <= r["bleu_hi"] <= 1 and r["n"] == 1 for r in rec)
+    assert all(r["ce_gap"] == pytest.approx(r["ce_swapped"] - r["ce"]) for r in rec)
+    windows = [s for s in _jsonl(out / "reconstruction_samples.jsonl") if s["kind"] == "length"]
+    by_window = {s["window"]: s for s in windows if s["method"] == "icformer"}
+    for sample in by_window.values():  # scored with another window's vectors, of the same kind
+        assert sample["partner"] != sample["window"] and sample["partner"] in by_window
+        assert sample["ce_swapped"] != sample["ce"]
     rand = result["tables"]["reconstruction_by_randomness"]
     assert [r["kind"] for r in rand] == list(RANDOMNESS_KINDS) * 2 and {r["length"] for r in rand} == {12}
 

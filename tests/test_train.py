@@ -94,7 +94,8 @@ def test_two_process_ddp_agrees_with_one_process(tmp_path, train_data, tiny_llm_
 
     common = ["-m", "icformer", "train", "--llm", str(tiny_llm_dir), "--data-dir", str(train_data),
               "--num-digest-tokens", "4", "--chunk-size", "16", "--max-steps", "2", "--grad-accum", "2",
-              "--eval-every", "100", "--save-every", "100", "--eval-samples", "2", "--digest-init-std", "0.02"]
+              "--eval-every", "100", "--save-every", "100", "--eval-samples", "2", "--digest-init-std", "0.02",
+              "--mixed-precision", "no"]  # fp32: bf16 rounding would differ with the batch split
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
     subprocess.run(torchrun + common + ["--out", str(tmp_path / "ddp"), "--batch-size", "1"], env=env, check=True)
@@ -124,3 +125,30 @@ def test_continue_from_goes_on_from_another_runs_checkpoint_as_a_resume_would(tm
     assert log == [1, 2, 3, 4]  # the history it continued, then its own steps
     with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
         train(tiny_train_config(tmp_path / "d", train_data, continue_from=str(tmp_path)), target=tiny_target)
+
+
+@pytest.mark.parametrize("method", ["icformer", "icae"])
+def test_bf16_training_keeps_float32_weights_beside_a_bf16_llm(tmp_path, train_data, tiny_llm_dir, method):
+    """Under bf16 autocast the LLM train loads is stored in bf16, and what is trained stays float32."""
+    from icformer.compressors.checkpoint import read_checkpoint_metadata
+
+    cfg = tiny_train_config(tmp_path, train_data, method=method, llm=str(tiny_llm_dir), mixed_precision="bf16",
+                            max_steps=2, lora_r=2)
+    row = train(cfg)
+    assert torch.isfinite(torch.tensor([row["loss"], row["valid_loss"]])).all()
+    saved = weights(tmp_path / "run", 2)
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    record = json.loads(read_checkpoint_metadata(tmp_path / "run" / "checkpoint-2" / "model" / "model.safetensors")
+                        .get("record", "{}"))
+    assert record.get("precision") == "bf16"
+
+
+def test_auto_precision_takes_bf16_only_where_it_pays(monkeypatch):
+    import icformer.train as training
+
+    monkeypatch.setattr(training.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(training, "bf16_matmul_speedup", lambda: 8.0)
+    assert training.resolve_precision("auto") == "bf16"
+    monkeypatch.setattr(training, "bf16_matmul_speedup", lambda: 1.0)
+    assert training.resolve_precision("auto") == "no"
+    assert training.resolve_precision("bf16") == "bf16"

@@ -78,7 +78,7 @@ class EvaluationTab(Tab):
                 c["refresh_btn"] = gr.Button("Refresh", size="sm", scale=0, min_width=100)
             with gr.Row(equal_height=False):
                 c["qa_plot"] = gr.Plot(label="QA metrics by method", elem_id="icf-qa-plot")
-                c["bleu_plot"] = gr.Plot(label="reconstruction BLEU vs length", elem_id="icf-bleu-plot")
+                c["bleu_plot"] = gr.Plot(label="reconstruction vs length", elem_id="icf-bleu-plot")
             c["qa_table"] = gr.Dataframe(label="Question answering summary", interactive=False, visible=False)
             c["rec_table"] = gr.Dataframe(label="Reconstruction by length", interactive=False, visible=False)
             c["pvo_table"] = gr.Dataframe(label="Paper vs ours", interactive=False, visible=False)
@@ -148,7 +148,7 @@ class EvaluationTab(Tab):
         dataset = dataset if dataset in qa_datasets else "All"
         return DashboardView(
             status + problems_banner(res.problems), _shown(results.qa_table(res.qa_summary)),
-            charts.qa_metrics_figure(res.qa_summary, dataset), charts.bleu_length_figure(res.reconstruction),
+            charts.qa_metrics_figure(res.qa_summary, dataset), charts.reconstruction_length_figure(res.reconstruction),
             _shown(res.reconstruction), _shown(results.paper_table(res.paper_vs_ours)), extra_tables_html(res),
             gr.update(choices=["All", *qa_datasets], value=dataset), gr.update(choices=["All", *res.datasets],
                                                                                  value="All"),

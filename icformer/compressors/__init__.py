@@ -32,24 +32,28 @@ def model_class(method: str) -> type[CompressorModel]:
     return getattr(importlib.import_module(f".{module}", __name__), name)
 
 
-def load_model(directory: str | Path, target: TargetLLM, method: str | None = None) -> CompressorModel:
-    """The checkpoint in `directory` on `target`'s device and dtype; `method` refuses another kind."""
+def load_model(directory: str | Path, target: TargetLLM, method: str | None = None, *,
+               dtype: torch.dtype | None = None) -> CompressorModel:
+    """The checkpoint in `directory` on `target`'s device, in `dtype` (default: the LLM's; training
+    keeps float32 weights beside a bf16 LLM); `method` refuses another kind."""
     found = checkpoint_method(directory, method)
     cls = model_class(found)
     if method is not None and found != method:
         raise ValueError(f"{directory} holds a {found!r} checkpoint, not {method!r}")
-    model = cls.load(directory, target)
+    model = cls.load(directory, target, dtype=dtype or target.dtype)
     check_fits(model, target)
-    return model.to(device=target.device, dtype=target.dtype)
+    return model.to(device=target.device, dtype=dtype or target.dtype)
 
 
 def new_model(method: str, target: TargetLLM, *, seed: int = 0, num_digest_tokens: int = EMBEDDED_K,
-              chunk_size: int = EMBEDDED_L, **options: Any) -> CompressorModel:
-    """A freshly initialised compressor sized for `target` (trained=False); `options` go to its config."""
+              chunk_size: int = EMBEDDED_L, dtype: torch.dtype | None = None, **options: Any) -> CompressorModel:
+    """A freshly initialised compressor sized for `target` (trained=False), in `dtype` (default: the
+    LLM's); `options` go to its config."""
     cls = model_class(method)
     torch.manual_seed(seed)
-    model = cls.create(target, num_digest_tokens=num_digest_tokens, chunk_size=chunk_size, **options)
-    return model.to(device=target.device, dtype=target.dtype)
+    model = cls.create(target, num_digest_tokens=num_digest_tokens, chunk_size=chunk_size,
+                       dtype=dtype or target.dtype, **options)
+    return model.to(device=target.device, dtype=dtype or target.dtype)
 
 
 def check_fits(model: CompressorModel, target: TargetLLM) -> None:

@@ -30,13 +30,16 @@ class CompressorModel(nn.Module):
         self.source_dir: Path | None = None  # the checkpoint it was loaded from (model card beside it)
 
     @classmethod
-    def create(cls, target: Any, *, num_digest_tokens: int, chunk_size: int, **options: Any) -> "CompressorModel":
-        """A fresh model sized for the LLM `target` (k vectors per chunk of L tokens; `options`: its config)."""
+    def create(cls, target: Any, *, num_digest_tokens: int, chunk_size: int, dtype: torch.dtype | None = None,
+               **options: Any) -> "CompressorModel":
+        """A fresh model sized for the LLM `target` (k vectors per chunk of L tokens; `options`: its config).
+
+        `dtype`: its weights' dtype, for a model whose modules live inside the LLM (ICAE's adapter)."""
         raise NotImplementedError
 
     @classmethod
-    def load(cls, directory: str | Path, target: Any) -> "CompressorModel":
-        """The model saved in `directory`, for the LLM `target`."""
+    def load(cls, directory: str | Path, target: Any, *, dtype: torch.dtype | None = None) -> "CompressorModel":
+        """The model saved in `directory`, for the LLM `target` (`dtype` as in `create`)."""
         raise NotImplementedError
 
     def encode(self, ids: list[list[int]], embed: Embed) -> list[torch.Tensor]:

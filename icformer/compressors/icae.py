@@ -79,7 +79,7 @@ class ICAEModel(CompressorModel):
 
     method = "icae"
 
-    def __init__(self, config: ICAEConfig, target: TargetLLM) -> None:
+    def __init__(self, config: ICAEConfig, target: TargetLLM, dtype: torch.dtype | None = None) -> None:
         super().__init__(config)
         if config.hidden_size != target.hidden_size:
             raise ValueError(
@@ -103,7 +103,7 @@ class ICAEModel(CompressorModel):
         # The adapter is a global switch on a shared model: a lock keeps a compression on one
         # thread from leaking the adapter into a decode on another.
         self._switch = threading.RLock()
-        self.to(device=target.device, dtype=target.dtype)
+        self.to(device=target.device, dtype=dtype or target.dtype)  # peft made the adapter in the LLM's dtype
 
     def _inject(self, model: nn.Module) -> list[tuple[str, LoraLayer]]:
         if any(isinstance(m, LoraLayer) and ADAPTER_NAME in m.lora_A for m in model.modules()):
@@ -187,18 +187,20 @@ class ICAEModel(CompressorModel):
     # ----------------------------------------------------------------------- persistence
 
     @classmethod
-    def create(cls, target: TargetLLM, *, num_digest_tokens: int, chunk_size: int, **options: Any) -> "ICAEModel":
-        return cls(ICAEConfig.for_llm(target.model.config, num_digest_tokens, chunk_size, **options), target)
+    def create(cls, target: TargetLLM, *, num_digest_tokens: int, chunk_size: int, dtype: torch.dtype | None = None,
+               **options: Any) -> "ICAEModel":
+        return cls(ICAEConfig.for_llm(target.model.config, num_digest_tokens, chunk_size, **options), target, dtype)
 
     @classmethod
-    def load(cls, directory: str | Path, target: TargetLLM) -> "ICAEModel":
-        return cls.from_pretrained(directory, target)
+    def load(cls, directory: str | Path, target: TargetLLM, *, dtype: torch.dtype | None = None) -> "ICAEModel":
+        return cls.from_pretrained(directory, target, dtype=dtype)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, target: TargetLLM) -> "ICAEModel":
+    def from_pretrained(cls, directory: str | Path, target: TargetLLM, *,
+                        dtype: torch.dtype | None = None) -> "ICAEModel":
         """Inject a saved ICAE's adapter into `target` and load its weights."""
         checkpoint = load_checkpoint(directory, cls.method, device=target.device)
-        model = cls(ICAEConfig.from_dict(checkpoint.config), target)
+        model = cls(ICAEConfig.from_dict(checkpoint.config), target, dtype)
         model.load_state_dict(checkpoint.state_dict)
         model.trained, model.source_dir = checkpoint.trained, Path(directory)
         return model

@@ -430,13 +430,14 @@ class ICFormerModel(CompressorModel):
         return self.compress([embed(torch.tensor(i, device=device)) for i in ids])
 
     @classmethod
-    def create(cls, target: Any, *, num_digest_tokens: int, chunk_size: int, **options: Any) -> "ICFormerModel":
+    def create(cls, target: Any, *, num_digest_tokens: int, chunk_size: int, dtype: torch.dtype | None = None,
+               **options: Any) -> "ICFormerModel":
         return cls(ICFormerConfig.for_llm(target.model.config, num_digest_tokens=num_digest_tokens,
                                           chunk_size=chunk_size, **options))
 
     @classmethod
-    def load(cls, directory: str | Path, target: Any) -> "ICFormerModel":
-        return cls.from_pretrained(directory)  # it reads word embeddings only: no LLM to attach to
+    def load(cls, directory: str | Path, target: Any, *, dtype: torch.dtype | None = None) -> "ICFormerModel":
+        return cls.from_pretrained(directory)  # float32, and it reads word embeddings only: no LLM to attach to
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> "ICFormerModel":

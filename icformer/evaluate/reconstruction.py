@@ -3,8 +3,11 @@
 Windows of ``pretrain_valid.jsonl`` in token-length buckets; greedy reconstruction capped at
 ``reconstruction_max_new_tokens``, its prefix scored by sentence BLEU-4 (averaged, with intervals)
 and corpus BLEU-4, plus the teacher-forced cross-entropy of the same original tokens given the
-reconstruction prompt (``[vectors][AE]<bos>`` in the default prompt style, ``prompts.py``). The
-randomness sequences (``randomness.py``) share the store and the scoring.
+reconstruction prompt (``[vectors][AE]<bos>`` in the default prompt style, ``prompts.py``), and
+the same given the vectors of another window (the next of its kind in the plan): their difference,
+the swap gap, is what the vectors carry of their own window, which BLEU cannot show while
+reconstructions are still unreadable. The randomness sequences (``randomness.py``) share the store
+and the scoring.
 """
 
 from __future__ import annotations
@@ -32,13 +35,15 @@ SECTION_OF = {"length": "reconstruction", "randomness": "randomness"}  # a sampl
 
 
 @torch.no_grad()
-def reconstruction_ce(method: Method, ids: list[int], scored: int) -> float:
+def reconstruction_ce(method: Method, ids: list[int], scored: int, context_ids: list[int] | None = None) -> float:
     """Mean token cross-entropy (nats) of the first `scored` tokens of `ids` (+ EOS when that is all
     of them) given the method's reconstruction prompt ([vectors][AE]<bos> in the default style),
-    teacher-forced, the compressor reading all of `ids`."""
+    teacher-forced, the compressor reading all of `context_ids` (default: `ids` itself)."""
     example = autoencoding_example(method.cc.tokenizer, ids, prompt_style(method.model))
     if scored < len(ids):
         example = replace(example, target_ids=list(ids[:scored]))
+    if context_ids is not None:
+        example = replace(example, context_ids=list(context_ids))
     loss, _ = CompressionObjective(method.model, method.cc.target)([example])
     return float(loss)
 
@@ -55,6 +60,16 @@ class ReconstructionPlan:
         if window not in self.ids:
             self.ids[window] = make()
         return self.ids[window]
+
+    def partner(self, window: str) -> tuple[str, list[int]]:
+        """(name, tokens) of the window whose vectors stand in for `window`'s in the swapped score: the
+        next window of the same kind in the plan, cyclically (the same bucket or randomness kind but
+        for each group's last window)."""
+        kind = next(fields["kind"] for name, fields, _ in self.windows if name == window)
+        same = [(name, make) for name, fields, make in self.windows if fields["kind"] == kind]
+        at = [name for name, _ in same].index(window)
+        name, make = same[(at + 1) % len(same)]
+        return name, self.window_ids(name, make)
 
 
 def length_plan(ws: Workspace) -> list[tuple[str, dict, Callable[[], list[int]]]]:
@@ -75,7 +90,8 @@ def open_reconstruction(ws: Workspace) -> ReconstructionPlan:
     s, data = ws.settings, sha256_file(ws.data("pretrain_valid.jsonl"))
     keys = {label: settings_key(dict(section="reconstruction", llm=ws.cc.target.fingerprint,
                                      model=ws.fingerprints[label], extra=s.reconstruction_extra_tokens,
-                                     cap=s.reconstruction_max_new_tokens, width=s.bucket_width, seed=s.seed, data=data))
+                                     cap=s.reconstruction_max_new_tokens, width=s.bucket_width, seed=s.seed, data=data,
+                                     swapped="next-of-kind"))
             for label in ws.compressors}
     windows = length_plan(ws) + randomness_plan(ws)
     planned = {f"{window}|{label}": keys[label] for window, _, _ in windows for label in ws.compressors}
@@ -99,10 +115,13 @@ def _reconstruct(ws: Workspace, plan: ReconstructionPlan, label: str, method: Me
         scored, out_ids = min(len(ids), cap), out_ids[:limit]  # greedy: a shorter limit is a prefix
         reference = tokenizer.decode(ids[:scored], skip_special_tokens=True).strip()
         text = tokenizer.decode(out_ids, skip_special_tokens=True).strip()
+        ce = reconstruction_ce(method, ids, scored)
+        partner, partner_ids = plan.partner(window)
+        swapped = reconstruction_ce(method, ids, scored, partner_ids)
         plan.store.add(dict(
             id=f"{window}|{label}", window=window, method=label, **fields, num_tokens=len(ids),
             scored_tokens=scored, reference=reference, text=text, bleu=sentence_bleu(text, reference),
-            ce=reconstruction_ce(method, ids, scored),
+            ce=ce, partner=partner, ce_swapped=swapped, ce_gap=swapped - ce,
             token_accuracy=sum(a == b for a, b in zip(out_ids, ids[:scored])) / scored,
             num_vectors=len(vectors), trained=method.trained, compress_s=seconds, new_tokens=len(out_ids)))
 
@@ -128,8 +147,9 @@ def run_reconstruction(ws: Workspace, plan: ReconstructionPlan, kind: str) -> No
 
 def summarise_reconstruction(rows: list[dict], group: str, column: str | None = None, *, resamples: int,
                              seed: int) -> list[dict]:
-    """Per (method, `group` value, shown as `column`): mean sentence BLEU, CE and token accuracy with
-    intervals, and corpus BLEU, of one row per (window, method)."""
+    """Per (method, `group` value, shown as `column`): mean sentence BLEU, CE (own and swapped
+    vectors, and their paired gap) and token accuracy with intervals, and corpus BLEU, of one row per
+    (window, method)."""
     groups: dict[tuple[str, Any], list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["method"], row[group])].append(row)
@@ -139,7 +159,7 @@ def summarise_reconstruction(rows: list[dict], group: str, column: str | None = 
     for (label, value), results in sorted(groups.items(), key=lambda item: (order[item[0][0]],
                                                                              kinds.get(item[0][1], item[0][1]))):
         summary: dict[str, Any] = {"method": label, column or group: value, "length": results[0]["num_tokens"]}
-        for score in ("bleu", "ce", "token_accuracy"):
+        for score in ("bleu", "ce", "ce_swapped", "ce_gap", "token_accuracy"):
             with_interval(summary, score, [r.get(score) for r in results], resamples, seed)
         summary.update(
             corpus_bleu=bleu_score([r["text"] for r in results], [r["reference"] for r in results]),
