@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import signal
@@ -362,11 +363,14 @@ class _Run:
 
 
 def resolve_precision(setting: str) -> str:
-    """accelerate's mixed_precision for `setting`; "auto" takes bf16 where it pays: on a GPU, and on a
-    CPU whose bf16 matmuls run at least twice as fast as fp32 (AMX; training steps then take about 0.6x
-    as long, docs/machine.md §5), fp32 ("no") elsewhere."""
+    """accelerate's mixed_precision for `setting`. "auto" takes what an `accelerate launch` config
+    names; without one, bf16 where it pays: on a GPU, and on a CPU whose bf16 matmuls run at least
+    twice as fast as fp32 (AMX; training steps then take about 0.6x as long, docs/machine.md §5),
+    fp32 ("no") elsewhere."""
     if setting != "auto":
         return setting
+    if os.environ.get("ACCELERATE_MIXED_PRECISION"):  # set by `accelerate launch` from its config
+        return os.environ["ACCELERATE_MIXED_PRECISION"]
     return "bf16" if torch.cuda.is_available() or bf16_matmul_speedup() >= 2.0 else "no"
 
 

@@ -294,7 +294,8 @@ def test_fsdp_config_trains_on_two_cpu_processes_resumes_exactly_and_matches_one
     data = _data(tmp_path)
     common = ["train", "--llm", str(tiny_llm_dir), "--data-dir", str(data), "--num-digest-tokens", "4",
               "--chunk-size", "16", "--grad-accum", "2", "--max-steps", "2", "--eval-every", "100",
-              "--save-every", "1", "--eval-samples", "2", "--digest-init-std", "0.02"]
+              "--save-every", "1", "--eval-samples", "2", "--digest-init-std", "0.02",
+              "--mixed-precision", "no"]  # the single-process reference too: "auto" is bf16 on an AMX CPU
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
     def fsdp(out: Path, *extra: str) -> None:

@@ -147,8 +147,12 @@ def test_auto_precision_takes_bf16_only_where_it_pays(monkeypatch):
     import icformer.train as training
 
     monkeypatch.setattr(training.torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     monkeypatch.setattr(training, "bf16_matmul_speedup", lambda: 8.0)
     assert training.resolve_precision("auto") == "bf16"
     monkeypatch.setattr(training, "bf16_matmul_speedup", lambda: 1.0)
     assert training.resolve_precision("auto") == "no"
     assert training.resolve_precision("bf16") == "bf16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # an `accelerate launch` config decides
+    monkeypatch.setattr(training, "bf16_matmul_speedup", lambda: 8.0)
+    assert training.resolve_precision("auto") == "no"
