@@ -376,9 +376,8 @@ def resolve_precision(setting: str) -> str:
 
 def _accelerator(config: TrainConfig):
     from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.utils import DistributedType
-
     from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
 
     precision = resolve_precision(config.mixed_precision)
     # accelerate keeps one precision per process; a later run in the same process (tests, a notebook)

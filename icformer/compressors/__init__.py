@@ -40,20 +40,20 @@ def load_model(directory: str | Path, target: TargetLLM, method: str | None = No
     cls = model_class(found)
     if method is not None and found != method:
         raise ValueError(f"{directory} holds a {found!r} checkpoint, not {method!r}")
-    model = cls.load(directory, target, dtype=dtype or target.dtype)
+    dtype = dtype or target.dtype
+    model = cls.load(directory, target, dtype=dtype)
     check_fits(model, target)
-    return model.to(device=target.device, dtype=dtype or target.dtype)
+    return model.to(device=target.device, dtype=dtype)
 
 
 def new_model(method: str, target: TargetLLM, *, seed: int = 0, num_digest_tokens: int = EMBEDDED_K,
               chunk_size: int = EMBEDDED_L, dtype: torch.dtype | None = None, **options: Any) -> CompressorModel:
     """A freshly initialised compressor sized for `target` (trained=False), in `dtype` (default: the
     LLM's); `options` go to its config."""
-    cls = model_class(method)
+    cls, dtype = model_class(method), dtype or target.dtype
     torch.manual_seed(seed)
-    model = cls.create(target, num_digest_tokens=num_digest_tokens, chunk_size=chunk_size,
-                       dtype=dtype or target.dtype, **options)
-    return model.to(device=target.device, dtype=dtype or target.dtype)
+    model = cls.create(target, num_digest_tokens=num_digest_tokens, chunk_size=chunk_size, dtype=dtype, **options)
+    return model.to(device=target.device, dtype=dtype)
 
 
 def check_fits(model: CompressorModel, target: TargetLLM) -> None:
