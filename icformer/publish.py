@@ -192,17 +192,19 @@ def _card(name: str, stages: list[StageSummary], reconstruction: dict[str, Any] 
         f"{k} vectors per {L} context tokens ({L // k}x compression). {how}",
         "Quality in context: `assets/results/` (`python -m icformer evaluate`).",
         "",
-        "| stage | run | steps | samples seen | training time | final train loss | last valid loss | data (sha256) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| stage | run | steps | samples seen | training time | precision | final train loss | last valid loss "
+        "| data (sha256) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    precisions = {"bf16": "bf16 autocast", "no": "fp32"}
     for s in stages:
         valid = "n/a" if s.valid_loss is None else f"{s.valid_loss:.3f}"
         lines.append(f"| {s.stage} | {s.run} | {s.steps} | {s.samples_seen} | {s.train_seconds / 60:.1f} min | "
-                     f"{s.final_loss:.3f} | {valid} | {s.data_file} ({(s.data_sha256 or 'unknown')[:12]}) |")
-    precisions = {"bf16": ", bf16 autocast", "no": ", fp32"}
-    machines = sorted({f"{s.machine or 'machine not recorded'}, torch {s.torch or '?'}"
-                       f"{precisions.get(s.precision or '', '')}" for s in stages})
-    lines += ["", f"Machine: {'; '.join(machines)}. Training time is the sum of logged step times.", "",
+                     f"{precisions.get(s.precision or '', 'not recorded')} | {s.final_loss:.3f} | {valid} | "
+                     f"{s.data_file} ({(s.data_sha256 or 'unknown')[:12]}) |")
+    machines = sorted({f"{s.machine or 'machine not recorded'}, torch {s.torch or '?'}" for s in stages})
+    lines += ["", f"Machine: {'; '.join(machines)}. Training time is the sum of logged step times; "
+              "precision is the one the stage's last checkpoint ran under.", "",
               "Weights: bfloat16, rounded from the float32 weights training ended with (loading upcasts them to "
               "the model's dtype).", ""]
     if reconstruction is None:

@@ -40,6 +40,7 @@ from .timing import bf16_matmul_speedup, machine_description
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs" / "train"
 STATE_NAME = "trainer_state.pt"
 STAGE_TASKS = {"pretrain": {"AE", "LM"}, "finetune": {"FT"}}
+ATTENTION_KERNELS = ("auto", "eager", "sdpa")
 
 
 @dataclass
@@ -79,6 +80,9 @@ class TrainConfig:
     llm_weight: float = 1.0  # weight of the LLM's own loss; 0 = a readout-only warm-up stage; 1 = paper
     lora_r: int = 128
     gradient_checkpointing: bool = False  # recompute the frozen LLM's activations in backward (IC-Former only)
+    # The frozen LLM's attention kernel while training: auto = eager on a CPU, where SDPA's backward is the
+    # slow part of a step (docs/machine.md §5), the model's own elsewhere. The same arithmetic either way.
+    llm_attention: str = "auto"  # auto | eager | sdpa
     # Wall-clock seconds this invocation may train (from its first step): at the deadline it saves and
     # ends as finished, as at max_steps, so a lease's stage never overruns. None: no deadline.
     time_budget_s: float | None = None
@@ -106,6 +110,8 @@ class TrainConfig:
         if config.eval_samples == 1:
             raise ValueError("eval_samples must be 0 (no evaluation) or at least 2: the swap gap swaps one "
                              "sample's vectors into another's")
+        if config.llm_attention not in ATTENTION_KERNELS:
+            raise ValueError(f"llm_attention must be one of {ATTENTION_KERNELS}, got {config.llm_attention!r}")
         if config.method not in ("icformer", "icae") or config.stage not in ("pretrain", "finetune"):
             raise ValueError(f"method must be icformer|icae and stage pretrain|finetune, got {config.method}/{config.stage}")
         return config
@@ -497,6 +503,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     stop, stopping, row, started = _StopFlag(), False, {}, time.perf_counter()
     bar = tqdm(total=config.max_steps, initial=run.step, disable=not accelerator.is_main_process, desc="train")
     undo_checkpointing = checkpoint_llm(run.target.model) if config.gradient_checkpointing else (lambda: None)
+    undo_attention = use_attention(run.target.model, resolve_attention(config.llm_attention, accelerator.device))
     try:
         while run.step < config.max_steps and not stopping:
             tick = time.perf_counter()
@@ -529,7 +536,24 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         stop.restore()
         bar.close()
         undo_checkpointing()
+        undo_attention()
     return row
+
+
+def resolve_attention(setting: str, device: torch.device) -> str | None:
+    """The attention kernel `setting` asks for on `device`; None keeps the model's own."""
+    if setting == "auto":
+        return "eager" if device.type == "cpu" else None
+    return setting
+
+
+def use_attention(model, kernel: str | None):
+    """Switch the frozen LLM's attention kernel for training; returns the undo (a caller's model is left as given)."""
+    before = model.config._attn_implementation
+    if kernel is None or kernel == before:
+        return lambda: None
+    model.set_attn_implementation(kernel)
+    return lambda: model.set_attn_implementation(before)
 
 
 def checkpoint_llm(model):

@@ -52,7 +52,7 @@ def test_publish_copies_the_final_weights_logs_and_a_card_computed_from_them(tmp
     assert (stage["stage"], stage["steps"], stage["samples_seen"]) == ("finetune", 2, log[-1]["samples_seen"])
     assert stage["train_seconds"] == pytest.approx(sum(r["step_s"] for r in log))
     assert stage["machine"] and "CPU cores" in stage["machine"]
-    assert stage["precision"] == "no" and ", fp32." in (dest / "README.md").read_text()  # the tiny runs' fp32
+    assert stage["precision"] == "no" and "| fp32 |" in (dest / "README.md").read_text()  # the tiny runs' fp32
     rec = card["heldout_reconstruction"]
     assert rec["samples"] == 2 and 0.0 <= rec["bleu"] <= 1.0 and rec["ce"] > 0
     readme = (dest / "README.md").read_text()

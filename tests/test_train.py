@@ -156,3 +156,25 @@ def test_auto_precision_takes_bf16_only_where_it_pays(monkeypatch):
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # an `accelerate launch` config decides
     monkeypatch.setattr(training, "bf16_matmul_speedup", lambda: 8.0)
     assert training.resolve_precision("auto") == "no"
+
+
+def test_llm_attention_kernel_changes_speed_not_arithmetic_and_the_callers_model_keeps_its_own(
+        tmp_path, train_data, tiny_target):
+    own = tiny_target.model.config._attn_implementation
+    runs = {}
+    for kernel in ("eager", "sdpa"):
+        train(tiny_train_config(tmp_path / kernel, train_data, llm_attention=kernel), target=tiny_target)
+        assert tiny_target.model.config._attn_implementation == own
+        runs[kernel] = weights(tmp_path / kernel / "run", 4)
+    for name, value in runs["eager"].items():
+        torch.testing.assert_close(value, runs["sdpa"][name], rtol=1e-4, atol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="llm_attention"):
+        TrainConfig.from_sources(llm_attention="flash")
+
+
+def test_auto_attention_is_eager_on_a_cpu_only():
+    from icformer.train import resolve_attention
+
+    assert resolve_attention("auto", torch.device("cpu")) == "eager"
+    assert resolve_attention("auto", torch.device("cuda")) is None
+    assert resolve_attention("sdpa", torch.device("cpu")) == "sdpa"
