@@ -333,8 +333,9 @@ def _compact(frame: pd.DataFrame | None, columns: list[str], with_interval: tupl
 
 
 _QA_SHOWN = ["dataset", "method", "kind", "n", "f1", "exact_match", "rougeL_f", "f1_over_none", "f1_over_swapped",
-             "num_vectors", "trained"]
-_QA_INTERVALS = ("f1", "exact_match", "rougeL_f", "f1_over_none", "f1_over_swapped")
+             "answer_ce", "answer_ce_over_swapped", "num_vectors", "trained"]
+_QA_INTERVALS = ("f1", "exact_match", "rougeL_f", "f1_over_none", "f1_over_swapped", "answer_ce",
+                 "answer_ce_over_swapped")
 
 
 def qa_table(frame: pd.DataFrame | None) -> pd.DataFrame | None:

@@ -83,10 +83,14 @@ def with_interval(name: str) -> tuple[str, str, str]:
     return name, f"{name}_lo", f"{name}_hi"
 
 
+# answer_ce: the reference answer's teacher-forced cross-entropy, nats/token (lower is better).
 QA_SCORES = ("rouge1_p", "rouge1_r", "rouge1_f", "rouge2_p", "rouge2_r", "rouge2_f",
-             "rougeL_p", "rougeL_r", "rougeL_f", "exact_match", "f1")
+             "rougeL_p", "rougeL_r", "rougeL_f", "exact_match", "f1", "answer_ce")
 QA_METRICS = ("rouge1_f", "rouge2_f", "rougeL_f", "exact_match", "f1")  # a qa_summary has at least one
-SIGNAL_SCORES = ("f1", "rougeL_f")  # scored against the floors: `<score>_over_none` / `_over_swapped`
+LOWER_IS_BETTER = ("answer_ce",)
+# Scored against the floors: `<score>_over_none` / `_over_swapped`, how far the method beats the floor
+# (for answer_ce, the floor's cross-entropy minus the method's: the nats/token its vectors save).
+SIGNAL_SCORES = ("f1", "rougeL_f", "answer_ce")
 SIGNAL_COLUMNS = tuple(c for score in SIGNAL_SCORES for floor in ("none", "swapped")
                        for c in with_interval(f"{score}_over_{floor}"))
 # qa_summary / qa_by_task: one row per (dataset, method or floor); `kind` "method" or "floor".

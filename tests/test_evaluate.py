@@ -141,6 +141,9 @@ def test_writes_the_documented_schema_and_the_app_reads_it(cc, data_dir, tmp_pat
         assert qa[m]["f1_over_none_lo"] <= qa[m]["f1_over_none"] <= qa[m]["f1_over_none_hi"]
     assert qa["icformer"]["f1_over_swapped"] == pytest.approx(qa["icformer"]["f1"] - qa["icformer-swapped"]["f1"])
     assert qa["full"]["f1_over_swapped"] is None and qa["none"]["f1_over_none"] is None
+    assert qa["icformer"]["answer_ce_over_swapped"] == pytest.approx(
+        qa["icformer-swapped"]["answer_ce"] - qa["icformer"]["answer_ce"])
+    assert all(r["answer_ce"] > 0 for r in qa.values())
 
     samples = _jsonl(out / "qa_samples.jsonl")
     assert len(samples) == 4 and len({s["id"] for s in samples}) == 4
@@ -302,6 +305,40 @@ def test_batched_decoding_matches_answer_and_reconstruct(cc):
              for c in contexts]
     for context, (ids, _) in zip(contexts, evaluate.generate_batch(cc, items, 8)):
         assert ids == cc.reconstruct(context, max_new_tokens=8).token_ids
+
+
+def test_teacher_forced_answer_ce_is_the_training_loss_per_prompt(cc):
+    """teacher_forced_ce scores each prompt as the training objective scores it alone, padding or not."""
+    from icformer.compressor import encode
+    from icformer.objectives import CompressionObjective, question_example
+    from icformer.prompts import question_layout
+
+    rng = random.Random(4)
+    contexts = [cc.tokenize(" ".join(_sentence(rng) for _ in range(n))) for n in (1, 5)]
+    answers = [cc.tokenizer(a, add_special_tokens=False)["input_ids"] for a in ("the lamp", "a keeper of the rock")]
+    for model in (cc.icformer, cc.icae):
+        items = [(model, question_layout(cc.tokenizer, "Who?"), encode(model, cc.target, [ids])[0]) for ids in contexts]
+        eos = cc.tokenizer.eos_token_id
+        batched = decoding.teacher_forced_ce(cc, items, [a + [eos] for a in answers])
+        objective = CompressionObjective(model, cc.target).eval()
+        with torch.no_grad():
+            alone = [float(objective([question_example(cc.tokenizer, ids, "Who?", a)])[0])
+                     for ids, a in zip(contexts, answers)]
+        assert batched == pytest.approx(alone, abs=1e-4)
+        assert batched[0] != pytest.approx(batched[1], abs=1e-3)  # each row its own, not one row's twice
+
+
+def test_a_loss_beats_its_floor_by_being_lower(cc, data_dir, tmp_path):
+    """`answer_ce_over_<floor>` is the floor's cross-entropy minus the method's: positive when the
+    vectors make the reference answer likelier."""
+    from icformer.evaluate.qa import _gains
+
+    mine = [{"answers": {"m": {"answer_ce": 1.0, "f1": 0.5}, "none": {"answer_ce": 3.0, "f1": 0.25},
+                         "m-swapped": {"answer_ce": 2.0, "f1": 0.5}}}] * 3
+    summary: dict = {}
+    _gains(summary, "m", mine, resamples=10, seed=0)
+    assert summary["answer_ce_over_none"] == pytest.approx(2.0) and summary["answer_ce_over_swapped"] == pytest.approx(1.0)
+    assert summary["f1_over_none"] == pytest.approx(0.25) and summary["f1_over_swapped"] == pytest.approx(0.0)
 
 
 def test_first_line_stops_at_a_line_break(cc):

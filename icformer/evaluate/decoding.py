@@ -29,20 +29,26 @@ class FirstLine:
         return torch.tensor(["\n" in t.lstrip() for t in texts], dtype=torch.bool, device=input_ids.device)
 
 
-def _left_padded(cc: ContextCompressor, items: Sequence[tuple[Any, Layout, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The prompts' embeddings in one batch, left-padded so every prompt ends where generation starts."""
+def _prompt_embeds(cc: ContextCompressor, items: Sequence[tuple[Any, Layout, torch.Tensor]]) -> list[torch.Tensor]:
+    """Each prompt's embeddings, as `ContextCompressor.answer` and `.reconstruct` assemble them."""
     target = cc.target
-    embeds = [
+    return [
         assemble(target.embed, layout, vectors.to(device=target.device, dtype=target.dtype),
                  model.task_embedding(layout.task) if layout.task else None)
         for model, layout, vectors in items
     ]
+
+
+def _padded(cc: ContextCompressor, embeds: list[torch.Tensor], *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch and its attention mask: left-padded for generation (every prompt ends where
+    generation starts), right-padded for teacher forcing (positions count from each row's start)."""
     width = max(e.shape[0] for e in embeds)
-    batch = torch.zeros(len(embeds), width, embeds[0].shape[1], dtype=cc.llm.dtype, device=target.device)
-    mask = torch.zeros(len(embeds), width, dtype=torch.long, device=target.device)
+    batch = torch.zeros(len(embeds), width, embeds[0].shape[1], dtype=cc.llm.dtype, device=cc.device)
+    mask = torch.zeros(len(embeds), width, dtype=torch.long, device=cc.device)
     for i, e in enumerate(embeds):
-        batch[i, width - e.shape[0]:] = e
-        mask[i, width - e.shape[0]:] = 1
+        rows = slice(width - e.shape[0], width) if left else slice(0, e.shape[0])
+        batch[i, rows] = e
+        mask[i, rows] = 1
     return batch, mask
 
 
@@ -57,7 +63,7 @@ def generate_batch(cc: ContextCompressor, items: Sequence[tuple[Any, Layout, tor
     only that line (the short-answer protocol).
     """
     tokenizer = cc.tokenizer
-    batch, mask = _left_padded(cc, items)
+    batch, mask = _padded(cc, _prompt_embeds(cc, items), left=True)
     stops = stop_token_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=pad)
@@ -71,6 +77,27 @@ def generate_batch(cc: ContextCompressor, items: Sequence[tuple[Any, Layout, tor
         text = tokenizer.decode(ids, skip_special_tokens=True).strip()
         results.append((ids, text.split("\n")[0].strip() if first_line else text))
     return results
+
+
+@torch.no_grad()
+def teacher_forced_ce(cc: ContextCompressor, items: Sequence[tuple[Any, Layout, torch.Tensor]],
+                      targets: Sequence[list[int]]) -> list[float]:
+    """Each prompt's mean cross-entropy (nats/token) of its target tokens, teacher-forced, in one batch.
+
+    A softer signal than a greedy answer's F1: how much likelier the vectors make the reference
+    answer, measurable even where the frozen LLM's answers are too loose to score.
+    """
+    prompts = _prompt_embeds(cc, items)
+    ids = [torch.tensor(t, device=cc.device) for t in targets]
+    batch, mask = _padded(cc, [torch.cat([p, cc.target.embed(t).to(p.dtype)]) for p, t in zip(prompts, ids)], left=False)
+    with cc._decoder():
+        hidden = cc.llm.base_model(inputs_embeds=batch, attention_mask=mask).last_hidden_state
+    out = []
+    for row, (prompt, target) in enumerate(zip(prompts, ids)):
+        start = prompt.shape[0] - 1  # the position that predicts the first target token
+        logits = cc.llm.lm_head(hidden[row, start:start + target.shape[0]])
+        out.append(float(torch.nn.functional.cross_entropy(logits.float(), target)))
+    return out
 
 
 @torch.no_grad()

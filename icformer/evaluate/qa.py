@@ -1,8 +1,9 @@
 """Question answering on held-out questions: every method and its floors, one row per (question, variant).
 
 Every method gets the same short-answer prompt (``prompts.short_answer_question``), greedy decoding
-cut at the first line; ROUGE-1/2/L precision/recall/F1 and SQuAD exact match / F1. Two floors: ``none``
-(the question alone) and ``<method>-swapped`` (a method's vectors of another context of the task).
+cut at the first line; ROUGE-1/2/L precision/recall/F1 and SQuAD exact match / F1, and ``answer_ce``,
+the teacher-forced cross-entropy of the reference answer (nats/token). Two floors: ``none`` (the
+question alone) and ``<method>-swapped`` (a method's vectors of another context of the task).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from ..files import read_jsonl
 from ..metrics import rouge_scores, squad_scores
 from ..prompts import SHORT_ANSWER_INSTRUCTION, prompt_style, question_layout, short_answer_question
-from ..results import FILES, NONE_FLOOR, QA_SCORES, SIGNAL_SCORES, SWAPPED
+from ..results import FILES, LOWER_IS_BETTER, NONE_FLOOR, QA_SCORES, SIGNAL_SCORES, SWAPPED
 from . import decoding
 from .methods import Method, Variant
 from .store import SampleStore, settings_key
@@ -131,7 +132,7 @@ def open_qa(ws: Workspace) -> QAPlan:
     for variant in ws.variants:
         key = settings_key(dict(section="qa", llm=ws.cc.target.fingerprint, model=ws.fingerprints[variant.method.label],
                                 reads=variant.reads, max_new_tokens=ws.settings.max_new_tokens,
-                                instruction=SHORT_ANSWER_INSTRUCTION, stop="first line"))
+                                instruction=SHORT_ANSWER_INSTRUCTION, stop="first line", scored="answer_ce"))
         for q in questions:
             read = context_read(variant, q)
             if read is None:
@@ -175,11 +176,14 @@ def _answer(ws: Workspace, plan: QAPlan, variant: Variant, chunk: list[tuple[str
     layouts = [question_layout(ws.cc.tokenizer, short_answer_question(q["question"]),
                                task=None if model is None else "FT", style=prompt_style(model))
                for _, q, _ in chunk]
-    outputs = decoding.generate_batch(ws.cc, [(model, layout, vectors) for layout, (vectors, _) in
-                                              zip(layouts, inputs)], ws.settings.max_new_tokens, first_line=True)
-    for (sample_id, q, _), (vectors, seconds), (ids, text) in zip(chunk, inputs, outputs):
+    items = [(model, layout, vectors) for layout, (vectors, _) in zip(layouts, inputs)]
+    outputs = decoding.generate_batch(ws.cc, items, ws.settings.max_new_tokens, first_line=True)
+    references = [ws.cc.tokenizer(q["reference"], add_special_tokens=False)["input_ids"][:ws.settings.max_new_tokens]
+                  or [ws.cc.tokenizer.eos_token_id] for _, q, _ in chunk]
+    answer_ce = decoding.teacher_forced_ce(ws.cc, items, references)
+    for (sample_id, q, _), (vectors, seconds), (ids, text), ce in zip(chunk, inputs, outputs, answer_ce):
         plan.store.add(dict(id=sample_id, question_id=q["id"], variant=variant.label, kind=variant.kind,
-                            text=text, **qa_scores(text, q["references"]), num_vectors=len(vectors),
+                            text=text, **qa_scores(text, q["references"]), answer_ce=ce, num_vectors=len(vectors),
                             trained=variant.method.trained,
                             timings=dict(compress_s=seconds if model is not None else 0.0, new_tokens=len(ids))))
 
@@ -218,10 +222,14 @@ def qa_samples(plan: QAPlan | None, variants: Sequence[Variant]) -> list[dict]:
 
 
 def _gains(summary: dict[str, Any], label: str, mine: list[dict], resamples: int, seed: int) -> None:
-    """A method's paired gain over each floor (per question, its score minus the floor's), with intervals."""
+    """A method's paired gain over each floor, with intervals: per question, how far its score beats
+    the floor's (its score minus the floor's; for a loss, the floor's minus its)."""
     for floor, name in ((NONE_FLOOR, "none"), (label + SWAPPED, "swapped")):
         for score in SIGNAL_SCORES:
-            gains = [s["answers"][label][score] - s["answers"][floor][score] for s in mine if floor in s["answers"]]
+            sign = -1.0 if score in LOWER_IS_BETTER else 1.0
+            gains = [sign * (s["answers"][label][score] - s["answers"][floor][score]) for s in mine
+                     if floor in s["answers"] and s["answers"][floor].get(score) is not None
+                     and s["answers"][label].get(score) is not None]
             with_interval(summary, f"{score}_over_{name}", gains, resamples, seed)
 
 

@@ -68,7 +68,11 @@ def _ceiling(full: dict, none: dict, max_new_tokens: int) -> str:
         + (": it answers in sentences, not the references' few words, although told to be brief (in the "
            "samples it often restates the question), so token F1 stays far below an extractive reader's; a "
            "frozen 135M chat model is a weak reader, and this is what it does with the whole context."
-           if longer else "."))
+           if longer else ".")
+        + ("" if full.get("answer_ce_over_none") is None else
+           f" Teacher-forced, the whole context makes the reference answer {with_ci(full, 'answer_ce_over_none')} "
+           f"nats/token cheaper than the question alone ({with_ci(none, 'answer_ce')} nats/token): what a "
+           "compressor's vectors can save at most, roughly."))
 
 
 def _against_floors(label: str, row: dict) -> str:
@@ -85,7 +89,19 @@ def _against_floors(label: str, row: dict) -> str:
     else:
         verdict = "not above its floors: its answers do not depend on the context it compressed"
     return (f"**{label}**: F1 {with_ci(row, 'f1')}; minus `none` {with_ci(row, 'f1_over_none')}, minus "
-            f"`{label}{SWAPPED}` {with_ci(row, 'f1_over_swapped')}: {verdict}.")
+            f"`{label}{SWAPPED}` {with_ci(row, 'f1_over_swapped')}: {verdict}." + _answer_likelihood(label, row))
+
+
+def _answer_likelihood(label: str, row: dict) -> str:
+    """The teacher-forced finding: whether the vectors make the reference answer likelier than a floor's."""
+    if row.get("answer_ce") is None:
+        return ""
+    swapped = above_floor(row, "swapped", "answer_ce")
+    finding = ("so its vectors carry something of the answer, even where the greedy answer does not show it"
+               if swapped else "so its vectors do not make the reference answer likelier than another context's")
+    return (f" Teacher-forced, the reference answer costs {with_ci(row, 'answer_ce')} nats/token; its vectors save "
+            f"{with_ci(row, 'answer_ce_over_swapped')} against `{label}{SWAPPED}` and "
+            f"{with_ci(row, 'answer_ce_over_none')} against `none`, {finding}.")
 
 
 def qa_findings(rows: list[dict], max_new_tokens: int) -> list[str]:
