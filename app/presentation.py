@@ -621,7 +621,7 @@ def sample_answers_html(sample: dict | None) -> str:
         return ""
     answers = sample.get("answers", {})
     methods = order_methods(answers)
-    head = ["method", "answer", "F1", "EM", "ROUGE-L F", "F1 gain over floors"]
+    head = ["method", "answer", "F1", "EM", "ROUGE-L F", "F1 gain over floors", "answer CE (nats/token)"]
     body = []
     for m in methods:
         a = answers[m]
@@ -633,7 +633,9 @@ def sample_answers_html(sample: dict | None) -> str:
         cells = [f"{label(m)}{kind}", str(a.get("text", ""))]
         cells += [f"{v:.2f}" if (v := sample_score(sample, m, k)) is not None else "–"
                   for k in ("f1", "exact_match", "rougeL_f")]
-        body.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in [*cells, gain]) + "</tr>")
+        ce = sample_score(sample, m, "answer_ce")
+        cells += [gain, f"{ce:.2f}" if ce is not None else "–"]
+        body.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
     return (f"<div class='icf-reference'><b>Reference:</b> {esc(sample.get('reference', ''))}</div>"
             "<table class='icf-table' id='icf-sample-answers'><thead><tr>"
             + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>" + "".join(body)

@@ -48,7 +48,8 @@ def _write(root: Path, summary: pd.DataFrame) -> Path:
         "llm": "/root/.cache/icformer/SmolLM2-135M-Instruct", "device": "cpu", "machine": "AMD EPYC, 2 CPU cores",
         "date": "2026-12-01", "commit": "abc123", "trained_by_method": {"icformer": True, "icae": True, "full": True},
         "command": "python -m icformer evaluate --out /work/main/assets/results"}))
-    answers = {m: {"text": f"{m} guess", "f1": NEAR[m], "exact_match": 0.0, "rougeL_f": NEAR[m], "kind": KIND[m]}
+    answers = {m: {"text": f"{m} guess", "f1": NEAR[m], "exact_match": 0.0, "rougeL_f": NEAR[m], "kind": KIND[m],
+                   "answer_ce": 2.0 + NEAR[m]}
                for m in LABELS}
     with open(root / "qa_samples.jsonl", "w") as handle:
         for i in range(3):
@@ -131,6 +132,7 @@ def test_sample_browser_fits_its_columns_and_shows_every_answer_with_the_floors(
     for m in ("IC-Former", "ICAE", "Full context", "none (floor)", "icformer-swapped (floor)"):
         assert m in html
     assert "+0.00" in html or "+0.01" in html  # IC-Former's F1 gain over the better floor
+    assert f"<td>{2.0 + NEAR['icae']:.2f}</td>" in html  # each answer's teacher-forced cross-entropy
 
 
 def test_the_by_task_table_scrolls_instead_of_running_off_the_page(tmp_path):
