@@ -11,10 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 # The committed checkpoints' schedule (x batch 4 = samples; see configs/train/cpu-*.yaml): both methods
-# see 14,000 pre-training and 400 fine-tuning samples; about 3.5 h of two CPU threads where bf16 is fast
+# see 20,000 pre-training and 400 fine-tuning samples; about 5 h of two CPU threads where bf16 is fast
 # (AMX, docs/machine.md §5), roughly twice that elsewhere.
 WARMUP_STEPS=${WARMUP_STEPS:-150}       # IC-Former: readout-only warm-up
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-3350}  # IC-Former: steps with the LLM's loss, after the warm-up
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-4850}  # IC-Former: steps with the LLM's loss, after the warm-up
 FINETUNE_STEPS=${FINETUNE_STEPS:-100}
 ICAE_PRETRAIN_STEPS=${ICAE_PRETRAIN_STEPS:-$((WARMUP_STEPS + PRETRAIN_STEPS))}  # as many samples as IC-Former
 ICAE_FINETUNE_STEPS=${ICAE_FINETUNE_STEPS:-$FINETUNE_STEPS}
