@@ -328,13 +328,14 @@ def test_teacher_forced_answer_ce_is_the_training_loss_per_prompt(cc):
         assert batched[0] != pytest.approx(batched[1], abs=1e-3)  # each row its own, not one row's twice
 
 
-def test_a_loss_beats_its_floor_by_being_lower(cc, data_dir, tmp_path):
+def test_a_loss_beats_its_floor_by_being_lower():
     """`answer_ce_over_<floor>` is the floor's cross-entropy minus the method's: positive when the
     vectors make the reference answer likelier."""
     from icformer.evaluate.qa import _gains
 
-    mine = [{"answers": {"m": {"answer_ce": 1.0, "f1": 0.5}, "none": {"answer_ce": 3.0, "f1": 0.25},
-                         "m-swapped": {"answer_ce": 2.0, "f1": 0.5}}}] * 3
+    mine = [{"answers": {"m": {"answer_ce": 1.0, "f1": 0.5, "rougeL_f": 0.5},
+                         "none": {"answer_ce": 3.0, "f1": 0.25, "rougeL_f": 0.25},
+                         "m-swapped": {"answer_ce": 2.0, "f1": 0.5, "rougeL_f": 0.5}}}] * 3
     summary: dict = {}
     _gains(summary, "m", mine, resamples=10, seed=0)
     assert summary["answer_ce_over_none"] == pytest.approx(2.0) and summary["answer_ce_over_swapped"] == pytest.approx(1.0)

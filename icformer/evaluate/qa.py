@@ -228,8 +228,7 @@ def _gains(summary: dict[str, Any], label: str, mine: list[dict], resamples: int
         for score in SIGNAL_SCORES:
             sign = -1.0 if score in LOWER_IS_BETTER else 1.0
             gains = [sign * (s["answers"][label][score] - s["answers"][floor][score]) for s in mine
-                     if floor in s["answers"] and s["answers"][floor].get(score) is not None
-                     and s["answers"][label].get(score) is not None]
+                     if floor in s["answers"]]
             with_interval(summary, f"{score}_over_{name}", gains, resamples, seed)
 
 
