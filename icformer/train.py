@@ -64,6 +64,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     schedule: str = "constant"  # constant | cosine (after warm-up)
+    # Constant schedule only: the last decay_steps steps before max_steps take the rate linearly to zero
+    # (warm-up, stable, decay). A run resumed with a longer max_steps branches off its stable phase.
+    decay_steps: int = 0
     batch_size: int = 1
     grad_accum: int = 16
     clip: float = 2.0
@@ -107,6 +110,10 @@ class TrainConfig:
         changed = sorted(k for k, v in icformer_only.items() if getattr(config, k) != v)
         if config.method != "icformer" and changed:
             raise ValueError(f"{changed} are IC-Former options; ICAE trains with the defaults {icformer_only}")
+        if config.decay_steps and (config.schedule != "constant"
+                                   or not 0 < config.decay_steps <= config.max_steps - config.warmup_steps):
+            raise ValueError(f"decay_steps {config.decay_steps} needs the constant schedule and at most "
+                             f"max_steps - warmup_steps = {config.max_steps - config.warmup_steps} steps")
         if config.eval_samples == 1:
             raise ValueError("eval_samples must be 0 (no evaluation) or at least 2: the swap gap swaps one "
                              "sample's vectors into another's")
@@ -204,6 +211,8 @@ def make_scheduler(optimizer, config: TrainConfig):
         if config.schedule == "cosine":
             progress = (step - config.warmup_steps) / max(config.max_steps - config.warmup_steps, 1)
             return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        if config.decay_steps:
+            return min(1.0, max(config.max_steps - step, 0) / config.decay_steps)
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -408,6 +417,16 @@ def _check(config: TrainConfig) -> None:
             raise ValueError("pass init_from or continue_from, not both")
 
 
+def _check_same_start(out_dir: Path, config: TrainConfig) -> None:
+    """A resumed run's weights came from where it first started, so a different start can't be recorded."""
+    path = out_dir / "config.yaml"
+    saved = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    for key in ("init_from", "continue_from"):
+        if key in saved and saved[key] != getattr(config, key):
+            raise ValueError(f"{out_dir} started from {key} {saved[key]!r}, not {getattr(config, key)!r}: resume "
+                             "it with its own start, or train the new start into another --out")
+
+
 def _prepare(config: TrainConfig, resume: bool, target) -> _Run:
     """Models, optimizer and data, restored from the latest checkpoint (or `continue_from`) when there is one."""
     from .llm import load_llm
@@ -416,6 +435,8 @@ def _prepare(config: TrainConfig, resume: bool, target) -> _Run:
     accelerator = _accelerator(config)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if resume and latest_checkpoint(out_dir) is not None:
+        _check_same_start(out_dir, config)
     # Under bf16 autocast the frozen LLM is stored in bf16 (no per-step casts); the trained weights stay float32.
     llm_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
     target = target or load_llm(config.llm, device=str(accelerator.device), dtype=llm_dtype)

@@ -3,18 +3,22 @@
 # then fine-tuning), plus IC-Former fine-tuned without pre-training (the paper's ablation). IC-Former
 # follows docs/learning.md's recipe: a readout-only warm-up (configs/train/cpu-warmup.yaml: the LLM never
 # runs), then the same run goes on with the LLM's loss switched on (continue_from keeps its weights,
-# window readout, optimizer and sample order), keeping the locality prior and the readout. Every stage
-# resumes from its latest checkpoint, so rerun this after an interruption; raise the step counts to
-# train longer (a finished stage extends from where it stopped). Runs go to runs/default/;
-# `python -m icformer publish` copies the finished ones into assets/checkpoints/ with a model card.
+# window readout, optimizer and sample order), keeping the locality prior and the readout. Both methods
+# pre-train at a constant rate (*-stable), then a branch off its last checkpoint takes the rate linearly
+# to zero (*-pretrain, `--decay-steps`): warm-up, stable, decay. Every stage resumes from its latest
+# checkpoint, so rerun this after an interruption; raise the step counts to train longer (a finished
+# stable stage extends from where it stopped; a decay branch or a fine-tuning that started from an
+# earlier checkpoint can't, so it is moved aside to <name>.before-<time> and starts again from the new
+# end). Runs go to runs/default/; `python -m icformer publish` copies the finished ones into assets/checkpoints/ with a model card.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 # The committed checkpoints' schedule (x batch 4 = samples; see configs/train/cpu-*.yaml): both methods
-# see 20,000 pre-training and 400 fine-tuning samples; about 5 h of two CPU threads where bf16 is fast
+# see 24,000 pre-training and 400 fine-tuning samples; about 6 h of two CPU threads where bf16 is fast
 # (AMX, docs/machine.md §5), roughly twice that elsewhere.
 WARMUP_STEPS=${WARMUP_STEPS:-150}       # IC-Former: readout-only warm-up
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-4850}  # IC-Former: steps with the LLM's loss, after the warm-up
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-4850}  # IC-Former: constant-rate steps with the LLM's loss, after the warm-up
+DECAY_STEPS=${DECAY_STEPS:-1000}        # both methods: the rate falls linearly to zero over these
 FINETUNE_STEPS=${FINETUNE_STEPS:-100}
 ICAE_PRETRAIN_STEPS=${ICAE_PRETRAIN_STEPS:-$((WARMUP_STEPS + PRETRAIN_STEPS))}  # as many samples as IC-Former
 ICAE_FINETUNE_STEPS=${ICAE_FINETUNE_STEPS:-$FINETUNE_STEPS}
@@ -29,13 +33,33 @@ stage() {  # name, then train flags
   "$PY" -m icformer train --out "$RUNS/$name" --resume "$@"
 }
 final() { echo "$RUNS/$1/checkpoint-$2/model"; }
+aside() {  # run name, option, value: a run that started from another checkpoint can't be extended
+  local dir="$RUNS/$1"
+  if [ -f "$dir/config.yaml" ] && ! grep -qx "$2: $3" "$dir/config.yaml"; then
+    mv "$dir" "$dir.before-$(date -u +%Y%m%dT%H%M%SZ)" && echo "== moved $dir aside: it started from elsewhere"
+  fi
+}
+decay() {  # method, stable steps, then train flags: the <method>-pretrain branch off <method>-stable's end
+  local method=$1 stable=$2; shift 2
+  local from="$RUNS/$method-stable/checkpoint-$stable"
+  aside "$method-pretrain" continue_from "$from"
+  stage "$method-pretrain" "$@" --continue-from "$from" --max-steps $((stable + DECAY_STEPS)) --decay-steps "$DECAY_STEPS"
+}
+finetune() {  # method, pre-training steps, then train flags
+  local method=$1 from; from=$(final "$1-pretrain" "$2"); shift 2
+  aside "$method-finetune" init_from "$from"
+  stage "$method-finetune" --preset cpu-finetune --method "$method" --init-from "$from" "$@"
+}
+IC_STABLE=$((WARMUP_STEPS + PRETRAIN_STEPS))
+IC_PRETRAIN=(--preset cpu-pretrain --method icformer "${RECIPE[@]}" --lr 1e-3 --warmup-steps 30)
 
 stage icformer-warmup --preset cpu-warmup --method icformer --max-steps "$WARMUP_STEPS"
-stage icformer-pretrain --preset cpu-pretrain --method icformer "${RECIPE[@]}" --lr 1e-3 --warmup-steps 30 \
-  --max-steps $((WARMUP_STEPS + PRETRAIN_STEPS)) --continue-from "$RUNS/icformer-warmup/checkpoint-$WARMUP_STEPS"
-stage icformer-finetune --preset cpu-finetune --method icformer "${RECIPE[@]}" --max-steps "$FINETUNE_STEPS" \
-  --init-from "$(final icformer-pretrain $((WARMUP_STEPS + PRETRAIN_STEPS)))"
-stage icae-pretrain --preset cpu-pretrain --method icae --max-steps "$ICAE_PRETRAIN_STEPS"
-stage icae-finetune --preset cpu-finetune --method icae --max-steps "$ICAE_FINETUNE_STEPS" --init-from "$(final icae-pretrain "$ICAE_PRETRAIN_STEPS")"
+stage icformer-stable "${IC_PRETRAIN[@]}" --max-steps "$IC_STABLE" \
+  --continue-from "$RUNS/icformer-warmup/checkpoint-$WARMUP_STEPS"
+decay icformer "$IC_STABLE" "${IC_PRETRAIN[@]}"
+finetune icformer $((IC_STABLE + DECAY_STEPS)) "${RECIPE[@]}" --max-steps "$FINETUNE_STEPS"
+stage icae-stable --preset cpu-pretrain --method icae --max-steps "$ICAE_PRETRAIN_STEPS"
+decay icae "$ICAE_PRETRAIN_STEPS" --preset cpu-pretrain --method icae
+finetune icae $((ICAE_PRETRAIN_STEPS + DECAY_STEPS)) --max-steps "$ICAE_FINETUNE_STEPS"
 stage icformer-no-pretrain --preset cpu-finetune --method icformer --max-steps "$NO_PRETRAIN_STEPS" --init-from "" --digest-init-std 0.02
 echo "== done $(date -u +%FT%TZ)"

@@ -1,12 +1,13 @@
 """Training on the tiny Llama: loss goes down, resume is bit-exact, fine-tuning and KL run."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from icformer.train import TrainConfig, train
+from icformer.train import TrainConfig, make_scheduler, train
 
 from .conftest import tiny_train_config
 
@@ -57,6 +58,25 @@ def test_finetune_from_pretrained_with_kl(tmp_path, train_data, tiny_target):
                  init_from=str(tmp_path / "run" / "checkpoint-2" / "model"), out_dir=str(tmp_path / "ft"))
     row = train(cfg, target=tiny_target)
     assert row["step"] == 2 and row["loss"] > 0
+    # a finished fine-tuning resumed from a later pre-training checkpoint would keep the old weights
+    later = dataclasses.replace(cfg, max_steps=3, init_from=str(tmp_path / "run" / "checkpoint-1" / "model"))
+    with pytest.raises(ValueError, match="started from init_from"):
+        train(later, target=tiny_target, resume=True)
+    assert train(dataclasses.replace(cfg, max_steps=3), target=tiny_target, resume=True)["step"] == 3
+
+
+def test_decay_steps_take_the_rate_linearly_to_zero_at_max_steps():
+    config = TrainConfig(lr=1.0, warmup_steps=2, max_steps=10, decay_steps=4)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    scheduler, rates = make_scheduler(optimizer, config), []
+    for _ in range(config.max_steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.5, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25])
+    for bad in (dict(decay_steps=9), dict(decay_steps=-1), dict(decay_steps=4, schedule="cosine")):
+        with pytest.raises(ValueError, match="decay_steps"):
+            TrainConfig.from_sources(None, None, warmup_steps=2, max_steps=10, **bad)
 
 
 def test_config_sources_and_errors(tmp_path):
