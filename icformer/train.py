@@ -65,7 +65,8 @@ class TrainConfig:
     warmup_steps: int = 0
     schedule: str = "constant"  # constant | cosine (after warm-up)
     # Constant schedule only: the last decay_steps steps before max_steps take the rate linearly to zero
-    # (warm-up, stable, decay). A run resumed with a longer max_steps branches off its stable phase.
+    # (warm-up, stable, decay). Decay in a branch (`continue_from` a constant-rate checkpoint), so the
+    # constant-rate run itself can still be extended.
     decay_steps: int = 0
     batch_size: int = 1
     grad_accum: int = 16

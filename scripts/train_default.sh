@@ -9,7 +9,8 @@
 # checkpoint, so rerun this after an interruption; raise the step counts to train longer (a finished
 # stable stage extends from where it stopped; a decay branch or a fine-tuning that started from an
 # earlier checkpoint can't, so it is moved aside to <name>.before-<time> and starts again from the new
-# end). Runs go to runs/default/; `python -m icformer publish` copies the finished ones into assets/checkpoints/ with a model card.
+# end). Runs go to runs/default/; `python -m icformer publish` copies the finished ones into
+# assets/checkpoints/ with a model card.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -35,7 +36,7 @@ stage() {  # name, then train flags
 final() { echo "$RUNS/$1/checkpoint-$2/model"; }
 aside() {  # run name, option, value: a run that started from another checkpoint can't be extended
   local dir="$RUNS/$1"
-  if [ -f "$dir/config.yaml" ] && ! grep -qx "$2: $3" "$dir/config.yaml"; then
+  if [ -f "$dir/config.yaml" ] && ! grep -qxF "$2: $3" "$dir/config.yaml"; then
     mv "$dir" "$dir.before-$(date -u +%Y%m%dT%H%M%SZ)" && echo "== moved $dir aside: it started from elsewhere"
   fi
 }
