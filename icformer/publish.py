@@ -140,6 +140,26 @@ def summarise_stage(run_dir: Path, data_dir: Path) -> StageSummary:
     )
 
 
+EARLIER = "earlier"  # a published checkpoint's stages and logs, kept by the chain that started from it
+
+
+def earlier_card(stages: list[StageSummary]) -> tuple[Path, dict] | None:
+    """The published checkpoint a chain's first run started from (`init_from` a dir with a card), and its card.
+
+    Its stages come first in the new card, so a chain that goes on from a published checkpoint (whose
+    runs are gone) still says every sample it was trained on.
+    """
+    init_from = stages[0].config.get("init_from")
+    card = read_card(init_from) if init_from else None
+    if card is None:
+        return None
+    ours = {s.config.get("out_dir") for s in stages}
+    if any(s["config"].get("out_dir") in ours for s in card["stages"]):
+        raise ValueError(f"{init_from} already holds the runs {sorted(ours)}: it was published from them, "
+                         "so they cannot go on from it (`publish --republish` rewrites a published card)")
+    return Path(init_from), card
+
+
 def heldout_reconstruction(cc, method: str, data_dir: Path, samples: int, length: int, seed: int) -> dict[str, Any]:
     """Greedy reconstruction of `samples` validation windows of `length` tokens (+16 new tokens at most),
     scored as `python -m icformer evaluate` scores its reconstructions: mean BLEU, token accuracy, CE."""
@@ -263,6 +283,7 @@ def publish(runs_dir: Path, assets_dir: Path, data_dir: Path, names: list[str] |
     if unknown:
         raise ValueError(f"unknown checkpoint names {unknown}; choose from {sorted(CHAINS)}")
     chains = {n: [summarise_stage(runs_dir / run, data_dir) for run in CHAINS[n]] for n in names}  # all checked first
+    earlier = {n: earlier_card(stages) for n, stages in chains.items()}
     record = runs_dir / TRAINING_RECORD
     training_run = json.loads(record.read_text()) if record.is_file() else None
     note = (runs_dir / NOTE_NAME).read_text() if (runs_dir / NOTE_NAME).is_file() else None
@@ -278,6 +299,12 @@ def publish(runs_dir: Path, assets_dir: Path, data_dir: Path, names: list[str] |
         for stage in stages:
             shutil.copy(runs_dir / stage.run / "metrics.jsonl", staging / "logs" / f"{stage.run}.metrics.jsonl")
             shutil.copy(runs_dir / stage.run / "config.yaml", staging / "logs" / f"{stage.run}.yaml")
+        if earlier[name] is not None:
+            source, card = earlier[name]
+            shutil.copytree(source / "logs", staging / "logs" / EARLIER)
+            if card.get("note"):
+                (staging / "logs" / EARLIER / NOTE_NAME).write_text(card["note"])
+            stages = [StageSummary(**{**s, "run": f"{EARLIER}/{s['run']}"}) for s in card["stages"]] + stages
         cards[name] = _finish(staging, dest, name, stages, training_run, data_dir, samples, length, seed, device, note)
     return cards
 

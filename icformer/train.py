@@ -90,6 +90,9 @@ class TrainConfig:
     # Wall-clock seconds this invocation may train (from its first step): at the deadline it saves and
     # ends as finished, as at max_steps, so a lease's stage never overruns. None: no deadline.
     time_budget_s: float | None = None
+    # With time_budget_s: its last decay_s seconds take the rate linearly to zero, the decay of a run whose
+    # number of steps is not known in advance (a GPU lease's stages).
+    decay_s: float = 0.0
 
     @classmethod
     def from_sources(cls, preset: str | None = None, config_file: str | None = None, **overrides: Any):
@@ -115,6 +118,10 @@ class TrainConfig:
                                    or not 0 < config.decay_steps <= config.max_steps - config.warmup_steps):
             raise ValueError(f"decay_steps {config.decay_steps} needs the constant schedule and at most "
                              f"max_steps - warmup_steps = {config.max_steps - config.warmup_steps} steps")
+        if config.decay_s and not (config.time_budget_s and 0 < config.decay_s <= config.time_budget_s
+                                   and config.schedule == "constant" and not config.decay_steps):
+            raise ValueError(f"decay_s {config.decay_s} needs time_budget_s of at least as many seconds, the constant "
+                             "schedule and no decay_steps")
         if config.eval_samples == 1:
             raise ValueError("eval_samples must be 0 (no evaluation) or at least 2: the swap gap swaps one "
                              "sample's vectors into another's")
@@ -217,6 +224,13 @@ def make_scheduler(optimizer, config: TrainConfig):
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def time_decay(config: TrainConfig, elapsed_s: float) -> float:
+    """The factor decay_s puts on the scheduled rate `elapsed_s` seconds into a time-budgeted run."""
+    if not config.decay_s:
+        return 1.0
+    return min(1.0, max(config.time_budget_s - elapsed_s, 0.0) / config.decay_s)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -504,11 +518,12 @@ def _optimizer_step(run: _Run, config: TrainConfig) -> dict[str, Any]:
     # only when given its own module's parameters. DeepSpeed clips by itself; accelerate
     # just reports its norm there, which may be None.
     grad_norm = accelerator.clip_grad_norm_(objective.parameters(), config.clip)
+    lr = run.optimizer.param_groups[0]["lr"]
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
-    return {"step": run.step, "loss": sum(losses) / len(losses), "lr": run.scheduler.get_last_lr()[0],
+    return {"step": run.step, "loss": sum(losses) / len(losses), "lr": lr,
             "grad_norm": None if grad_norm is None else float(grad_norm), "samples_seen": run.step * per_step,
             "tokens": tokens * world, **parts}
 
@@ -529,6 +544,9 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     try:
         while run.step < config.max_steps and not stopping:
             tick = time.perf_counter()
+            scale = time_decay(config, tick - started)
+            for group, scheduled in zip(run.optimizer.param_groups, run.scheduler.get_last_lr()):
+                group["lr"] = scheduled * scale
             row = _optimizer_step(run, config)
             step = run.step
             budget_spent = config.time_budget_s is not None and time.perf_counter() - started >= config.time_budget_s

@@ -173,3 +173,22 @@ def test_logged_gates_table_every_evaluation_of_the_runs(tmp_path, capsys):
     assert main(["diagnose", "--runs", str(run)]) == 0
     assert "| run-a | 2 | 8 | 3.500 | 3.750 | +0.250 | 0.400 |" in capsys.readouterr().out
     assert main(["diagnose", "--runs", str(tmp_path / "nothing")]) == 2
+
+
+def test_cli_context_gate_reads_windows_of_several_chunks(tiny_target, tiny_llm_dir, tmp_path, capsys):
+    from icformer.cli import main
+
+    make_tiny_icformer(tiny_target).save_pretrained(tmp_path / "ckpt")
+    data = tmp_path / "data"
+    data.mkdir()
+    long_texts = [" ".join(TRAIN_PROSE[i:i + 3]) for i in range(3)]  # each well over two chunks of TINY_L
+    (data / "pretrain_valid.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in long_texts))
+    common = ["diagnose", "--llm", str(tiny_llm_dir), "--icformer", str(tmp_path / "ckpt"), "--data-dir", str(data),
+              "--gates", "context", "--json"]
+    assert main(common + ["--length", str(2 * TINY_L)]) == 0
+    two_chunks = json.loads(capsys.readouterr().out)["context"]
+    assert main(common) == 0
+    one_chunk = json.loads(capsys.readouterr().out)["context"]
+    assert two_chunks["samples"] == one_chunk["samples"] == 3
+    assert two_chunks["own_loss"] != one_chunk["own_loss"]  # the longer windows were scored, not the first chunk
+    assert main(common + ["--length", "100000"]) == 2  # no text that long: a clear error

@@ -128,3 +128,30 @@ def test_publish_refuses_an_unfinished_run_and_leaves_assets_alone(tmp_path, tra
     assert not (tmp_path / "assets").exists()
     with pytest.raises(ValueError, match="unknown checkpoint names"):
         publish(runs, tmp_path / "assets", train_data, ["icformer-xl"])
+
+
+def test_a_chain_that_goes_on_from_a_published_checkpoint_keeps_its_stages_and_logs(tmp_path, train_data, tiny_target,
+                                                                                      tiny_llm_dir):
+    runs = _chain(tmp_path, train_data, tiny_target, tiny_llm_dir)
+    (runs / "NOTE.md").write_text("The first chain.\n")
+    assets = tmp_path / "assets"
+    first = publish(runs, assets, train_data, ["icformer"], samples=1, length=8)["icformer"]
+    dest = assets / "checkpoints" / "icformer"
+    more = tmp_path / "more"  # the first runs may be gone by now: only the published checkpoint is read
+    common = dict(llm=str(tiny_llm_dir), max_steps=3, save_every=1, eval_every=1)
+    train(tiny_train_config(tmp_path, train_data, out_dir=str(more / "icformer-pretrain"), init_from=str(dest),
+                            **common), target=tiny_target)
+    train(tiny_train_config(tmp_path, train_data, out_dir=str(more / "icformer-finetune"), stage="finetune",
+                            init_from=str(more / "icformer-pretrain" / "checkpoint-3" / "model"), **common),
+          target=tiny_target)
+    card = publish(more, assets, train_data, ["icformer"], samples=1, length=8)["icformer"]
+    assert [(s["run"], s["steps"]) for s in card["stages"]] == [
+        ("earlier/icformer-pretrain", 2), ("earlier/icformer-finetune", 2), ("icformer-pretrain", 3),
+        ("icformer-finetune", 3)]
+    assert card["stages"][:2] == [{**s, "run": f"earlier/{s['run']}"} for s in first["stages"]]
+    logs = dest / "logs"
+    assert (logs / "icformer-pretrain.yaml").is_file() and (logs / "earlier" / "icformer-pretrain.metrics.jsonl").is_file()
+    assert (logs / "earlier" / "NOTE.md").read_text() == "The first chain.\n"
+    assert "| pretrain | earlier/icformer-pretrain | 2 |" in (dest / "README.md").read_text()
+    with pytest.raises(ValueError, match="already holds the runs"):  # publishing the same runs again would count them twice
+        publish(more, assets, train_data, ["icformer"], samples=1, length=8)

@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument("--llm", default=None, help="HF id, local dir or .gguf (default: embedded SmolLM2)")
     parser.add_argument("--data-dir", default="data", help="prepare-data output: held-out windows from pretrain_valid")
     parser.add_argument("--samples", type=int, default=16, help="held-out windows for the context-use gate")
+    parser.add_argument("--length", type=int, default=None,
+                        help="tokens per held-out window (default: one chunk); longer windows span several chunks")
     parser.add_argument("--steps", type=int, default=80, help="memorise gate: AdamW steps per method")
     parser.add_argument("--threshold", type=float, default=1.0, help="memorise gate: loss to reach (nats/token)")
     parser.add_argument("--lr", type=float, default=1e-3, help="memorise gate: IC-Former learning rate")
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     target = load_llm(args.llm, device="cpu", dtype=torch.float32)
     icformer = load_model(args.icformer or CHECKPOINTS_DIR / "icformer", target, "icformer")
     icformer.requires_grad_(False)
-    windows = held_out_windows(target, args.data_dir, args.samples, icformer.config.chunk_size)
+    windows = held_out_windows(target, args.data_dir, args.samples, args.length or icformer.config.chunk_size)
     results = run_gates(target, icformer, windows, args)
     print(json.dumps(results, indent=2) if args.json else format_results(results))
     return 0
