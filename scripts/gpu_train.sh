@@ -36,6 +36,9 @@ FINETUNE_FLAGS=${FINETUNE_FLAGS:---batch-size 32 --max-steps 1000000 --save-ever
 ICFORMER_FLAGS=${ICFORMER_FLAGS---local-window-layers 3 --readout-weight 1.0}
 ICFORMER_PRETRAIN_FLAGS=${ICFORMER_PRETRAIN_FLAGS---lr 1e-3 --warmup-steps 30}
 BUDGET_S=${BUDGET_S:-400}
+# Each pre-training's rate falls linearly to zero over its last DECAY_SHARE (IC-Former: of its seconds; ICAE: of
+# the steps it is given), as the CPU runs' decay phase (docs/learning.md); 0 keeps the rate constant.
+DECAY_SHARE=${DECAY_SHARE:-0.2}
 DEADLINE_S=${DEADLINE_S:-570}
 # ICAE's steps cost about twice IC-Former's (its encoder is the LLM itself), and it trains as many steps as
 # IC-Former reached: its budgets are ceilings.
@@ -124,6 +127,19 @@ stage_flags() {  # stage -> its `icformer train` arguments
     esac
 }
 
+decay_flags() {  # STAGE BUDGET_S STEPS -> its decay flags: seconds for IC-Former, steps (after the preset's warm-up) for ICAE
+    $PY - "$@" "$DECAY_SHARE" "$PRETRAIN_PRESET" <<'EOF'
+import sys
+from icformer.train import TrainConfig
+stage, budget, steps, share, preset = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+if stage.startswith("icformer"):
+    print(f"--decay-s {budget * share:.0f}" if share > 0 else "")
+else:
+    decay = min(round(steps * share), steps - TrainConfig.from_sources(preset).warmup_steps)
+    print(f"--decay-steps {decay}" if decay > 0 else "")
+EOF
+}
+
 last_of() {  # RUN_DIR checkpoint|step -> its latest checkpoint's model folder, or its last logged step; empty if none
     $PY - "$@" <<'EOF'
 import json, sys
@@ -199,6 +215,9 @@ assert sha256_file(used) == sha256_file(shipped), f'{used} is not the GGUF shipp
         [ "$budget" -le $((left - 60)) ] || budget=$((left - 60))
         budgets[i]=$budget
         args+=(--time-budget-s "$budget")
+        if [[ $stage == *-pretrain ]]; then
+            local -a decay; read -r -a decay <<< "$(decay_flags "$stage" "$budget" "${steps:-0}")"; args+=("${decay[@]}")
+        fi
         echo "== $stage: budget $budget s, hard limit $left s: python -m icformer train ${args[*]}"
         timeout -k 10 "$left" $PY -m icformer train "${args[@]}" || echo "== $stage failed or was stopped (rc $?)"
     done
@@ -266,5 +285,6 @@ receive) receive ;;
 run) mkdir -p "${2:?usage: scripts/gpu_train.sh run OUT}"; run "$2" 2>&1 | tee "$2/run.log" ;;
 accept) shift; accept "$@" ;;
 rehearse) shift; rehearse "$@" ;;
+decay-flags) shift; decay_flags "$@" ;;  # for tests: STAGE BUDGET_S STEPS
 *) sed -n 2,24p "$0"; exit 2 ;;
 esac

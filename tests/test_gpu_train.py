@@ -159,6 +159,7 @@ def test_the_cpu_rehearsal_runs_the_lease_end_to_end(tmp_path):
     pretrain = yaml.safe_load((tmp_path / "runs" / "icformer-pretrain" / "config.yaml").read_text())
     assert pretrain["continue_from"] and pretrain["local_window_layers"] == 3 and pretrain["readout_weight"] == 1.0
     assert stages["icformer-pretrain"]["ended"] == "time budget"  # max_steps 1000 is out of reach
+    assert pretrain["decay_s"] == round(0.2 * record["budgets_s"]["icformer-pretrain"])  # its last fifth decays
     assert stages["icae-pretrain"]["steps"] == stages["icformer-pretrain"]["steps"]  # the same samples
     assert all(s["tokens_per_s"] > 0 and s["samples_seen"] > 0 for s in stages.values())
     for name in ("icformer", "icae"):
@@ -166,3 +167,16 @@ def test_the_cpu_rehearsal_runs_the_lease_end_to_end(tmp_path):
         assert card["training_run"] == record and card["weights_dtype"] == "bfloat16"
         readme = (tmp_path / "assets" / "checkpoints" / name / "README.md").read_text()
         assert "Trained with `scripts/gpu_train.sh run`" in readme
+
+
+def test_each_pre_training_decays_over_its_last_share():
+    def flags(*args, share="0.2"):
+        env = dict(os.environ, PYTHON=sys.executable, DECAY_SHARE=share)
+        done = subprocess.run(["bash", "scripts/gpu_train.sh", "decay-flags", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120, check=True)
+        return done.stdout.strip()
+
+    assert flags("icformer-pretrain", "100", "0") == "--decay-s 20"  # seconds: its step count is not known ahead
+    assert flags("icae-pretrain", "300", "500") == "--decay-steps 100"  # ICAE is given IC-Former's steps
+    assert flags("icae-pretrain", "300", "60") == "--decay-steps 10"  # never into the preset's 50 warm-up steps
+    assert flags("icae-pretrain", "300", "40") == "" and flags("icformer-pretrain", "100", "0", share="0") == ""
