@@ -341,7 +341,7 @@ def card_summary(card: dict) -> str:
     stages = card["stages"]
     samples = " + ".join(f"{s['samples_seen']:,} {s['stage']}" for s in stages)
     minutes = sum(s["train_seconds"] for s in stages) / 60
-    machine = stages[-1].get("machine") or "machine not recorded"
+    machine = " and ".join(dict.fromkeys(s.get("machine") or "a machine not recorded" for s in stages))
     rec = card.get("heldout_reconstruction")
     bleu = f"held-out reconstruction BLEU {rec['bleu']:.3f}" if rec else "reconstruction not measured"
     return f"{samples} samples, {minutes:.0f} min on {machine}; {bleu}"

@@ -153,5 +153,6 @@ def test_a_chain_that_goes_on_from_a_published_checkpoint_keeps_its_stages_and_l
     assert (logs / "icformer-pretrain.yaml").is_file() and (logs / "earlier" / "icformer-pretrain.metrics.jsonl").is_file()
     assert (logs / "earlier" / "NOTE.md").read_text() == "The first chain.\n"
     assert "| pretrain | earlier/icformer-pretrain | 2 |" in (dest / "README.md").read_text()
+    assert card_summary(card).startswith("8 pretrain + 8 finetune + 12 pretrain + 12 finetune samples")
     with pytest.raises(ValueError, match="already holds the runs"):  # publishing the same runs again would count them twice
         publish(more, assets, train_data, ["icformer"], samples=1, length=8)
