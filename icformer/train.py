@@ -544,9 +544,10 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     try:
         while run.step < config.max_steps and not stopping:
             tick = time.perf_counter()
-            scale = time_decay(config, tick - started)
-            for group, scheduled in zip(run.optimizer.param_groups, run.scheduler.get_last_lr()):
-                group["lr"] = scheduled * scale
+            if config.decay_s:  # on top of the step schedule, which knows nothing of the clock
+                scale = time_decay(config, tick - started)
+                for group, scheduled in zip(run.optimizer.param_groups, run.scheduler.get_last_lr()):
+                    group["lr"] = scheduled * scale
             row = _optimizer_step(run, config)
             step = run.step
             budget_spent = config.time_budget_s is not None and time.perf_counter() - started >= config.time_budget_s
