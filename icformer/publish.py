@@ -27,11 +27,13 @@ from .compressors.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_m
 from .defaults import ASSETS_DIR
 from .train import latest_checkpoint
 
-# Published name -> the runs (under the runs dir) it went through, in order.
-CHAINS: dict[str, tuple[str, ...]] = {
-    "icformer": ("icformer-pretrain", "icformer-finetune"),
-    "icae": ("icae-pretrain", "icae-finetune"),
-    "icformer-no-pretrain": ("icformer-no-pretrain",),
+# Published name -> the run its weights come from. The runs before it are found through `init_from`
+# (a stage that starts from another run's checkpoint); a run that `continue_from`s another carries that
+# run's log in its own, so it is one stage.
+FINAL_RUNS: dict[str, str] = {
+    "icformer": "icformer-finetune",
+    "icae": "icae-finetune",
+    "icformer-no-pretrain": "icformer-no-pretrain",
 }
 CARD_NAME, CARD_JSON = "README.md", "card.json"
 DATA_FILES = {"pretrain": "pretrain_train.jsonl", "finetune": "instruct_train.jsonl"}
@@ -89,7 +91,7 @@ def export_runs(runs_dir: Path, dest: Path) -> list[str]:
 
     A GPU machine returns at most 64 MiB, which the four runs' weights in bf16 would exceed.
     """
-    finals = {chain[-1] for chain in CHAINS.values()}
+    finals = set(FINAL_RUNS.values())
     exported = []
     for run_dir in sorted(p for p in runs_dir.iterdir() if (p / "config.yaml").is_file()):
         checkpoint = latest_checkpoint(run_dir)
@@ -120,6 +122,21 @@ def write_bf16_weights(source: Path, dest: Path) -> None:
     partial = partial_path(dest)
     save_file(tensors, str(partial), metadata=metadata)
     os.replace(partial, dest)
+
+
+def chain_runs(runs_dir: Path, final_run: str) -> list[str]:
+    """The runs under `runs_dir` that `final_run` went through, first to last, following each run's
+    `init_from` while it names another run's checkpoint (`<run>/checkpoint-N/model`, matched by run name so
+    that paths written on another machine still link)."""
+    chain = [final_run]
+    while (runs_dir / chain[0] / "config.yaml").is_file():
+        parts = Path(yaml.safe_load((runs_dir / chain[0] / "config.yaml").read_text()).get("init_from") or "").parts
+        if len(parts) < 3 or not parts[-2].startswith("checkpoint-") or not (runs_dir / parts[-3] / "config.yaml").is_file():
+            return chain
+        if parts[-3] in chain:
+            raise ValueError(f"the runs under {runs_dir} start from each other in a loop: {[parts[-3], *chain]}")
+        chain.insert(0, parts[-3])
+    return chain
 
 
 def summarise_stage(run_dir: Path, data_dir: Path) -> StageSummary:
@@ -194,11 +211,15 @@ def _card(name: str, stages: list[StageSummary], reconstruction: dict[str, Any] 
           training_run: dict[str, Any] | None, note: str | None = None) -> str:
     last = stages[-1]
     k, L = last.config["num_digest_tokens"], last.config["chunk_size"]
-    if training_run is None:
+    caveat = "This is a short CPU schedule, far below the paper's training; expect weak reconstructions and answers."
+    if training_run is None and any(s.run.startswith(f"{EARLIER}/") for s in stages):
+        how = ("Trained in the stages below with `python -m icformer train` (each stage's config in logs/), going on\n"
+               f"from an earlier published checkpoint (the `{EARLIER}/` stages, whose logs are in logs/{EARLIER}/), on the "
+               "data of `python -m icformer prepare-data`;\nthis card was written by `python -m icformer publish` "
+               "from the logs beside it.")
+    elif training_run is None:
         how = ("Trained with `scripts/train_default.sh`\non the data of `python -m icformer prepare-data`; "
                "this card was written by `python -m icformer publish`\nfrom the logs beside it.")
-        caveat = ("This is a short CPU schedule, far below the paper's training; expect weak reconstructions and "
-                  "answers.")
     else:
         r = training_run
         how = (f"Trained with `{r['command']}` (commit {r['commit']}) on {r['machine']},\n"
@@ -278,11 +299,12 @@ def publish(runs_dir: Path, assets_dir: Path, data_dir: Path, names: list[str] |
 
     A `training_run.json` beside the runs (scripts/gpu_train.sh writes one) and a NOTE.md go into the cards.
     """
-    names = names or list(CHAINS)
-    unknown = sorted(set(names) - set(CHAINS))
+    names = names or list(FINAL_RUNS)
+    unknown = sorted(set(names) - set(FINAL_RUNS))
     if unknown:
-        raise ValueError(f"unknown checkpoint names {unknown}; choose from {sorted(CHAINS)}")
-    chains = {n: [summarise_stage(runs_dir / run, data_dir) for run in CHAINS[n]] for n in names}  # all checked first
+        raise ValueError(f"unknown checkpoint names {unknown}; choose from {sorted(FINAL_RUNS)}")
+    chains = {n: [summarise_stage(runs_dir / run, data_dir) for run in chain_runs(runs_dir, FINAL_RUNS[n])]
+              for n in names}  # all checked first
     earlier = {n: earlier_card(stages) for n, stages in chains.items()}
     record = runs_dir / TRAINING_RECORD
     training_run = json.loads(record.read_text()) if record.is_file() else None
@@ -290,7 +312,7 @@ def publish(runs_dir: Path, assets_dir: Path, data_dir: Path, names: list[str] |
     cards = {}
     for name, stages in chains.items():
         dest = assets_dir / "checkpoints" / name
-        staging, final = _staging(dest), final_checkpoint(runs_dir / CHAINS[name][-1])
+        staging, final = _staging(dest), final_checkpoint(runs_dir / FINAL_RUNS[name])
         if not (final / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(f"{final} has no weights to publish")
         shutil.copytree(final, staging, ignore=shutil.ignore_patterns(WEIGHTS_NAME))
@@ -313,7 +335,7 @@ def republish(assets_dir: Path, data_dir: Path, names: list[str] | None = None, 
               length: int = 128, seed: int = 0, device: str | None = None) -> dict[str, dict]:
     """Rewrite checkpoints already in assets_dir from their own card.json, without their runs:
     bf16 weights, the reconstruction measured again on them, a card in the current format."""
-    names = names or list(CHAINS)
+    names = names or list(FINAL_RUNS)
     found = {n: read_card(assets_dir / "checkpoints" / n) for n in names}
     missing = sorted(n for n, card in found.items() if card is None)
     if missing:

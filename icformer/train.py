@@ -17,7 +17,7 @@ import random
 import shutil
 import signal
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +56,16 @@ class TrainConfig:
     continue_from: str | None = None
     num_digest_tokens: int = EMBEDDED_K
     chunk_size: int = EMBEDDED_L
-    context_tokens: int | None = None  # tokens per pre-training window (default: chunk_size)
+    context_tokens: int | None = None  # tokens per autoencoding window (default: chunk_size)
+    # With context_tokens above chunk_size: the share of pre-training samples that read one chunk_size
+    # window instead, a mix of lengths, so one-chunk prompts keep being trained beside the long ones.
+    short_window_ratio: float = 0.0
     lm_ratio: float = 0.4  # ICAE pre-training: share of language-modelling samples
     kl_weight: float = 0.0  # fine-tuning: KL to the full-context teacher
+    # Fine-tuning: the share of micro-batches that autoencode a window (context_tokens, default chunk_size) of
+    # their questions' contexts instead, so fine-tuning keeps the reconstruction pre-training taught. Whole
+    # micro-batches: the loss is a mean over target tokens, and a window has far more of them than an answer.
+    ae_ratio: float = 0.0
     max_answer_tokens: int = 64
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -122,6 +129,12 @@ class TrainConfig:
                                    and config.schedule == "constant" and not config.decay_steps):
             raise ValueError(f"decay_s {config.decay_s} needs time_budget_s of at least as many seconds, the constant "
                              "schedule and no decay_steps")
+        if config.short_window_ratio and not (0 < config.short_window_ratio < 1 and config.stage == "pretrain"
+                                              and (config.context_tokens or 0) > config.chunk_size):
+            raise ValueError(f"short_window_ratio {config.short_window_ratio} must lie in (0, 1), in pre-training "
+                             f"with context_tokens above chunk_size {config.chunk_size}")
+        if config.ae_ratio and not (0 < config.ae_ratio < 1 and config.stage == "finetune" and not config.kl_weight):
+            raise ValueError(f"ae_ratio {config.ae_ratio} must lie in (0, 1), in fine-tuning without kl_weight")
         if config.eval_samples == 1:
             raise ValueError("eval_samples must be 0 (no evaluation) or at least 2: the swap gap swaps one "
                              "sample's vectors into another's")
@@ -163,10 +176,16 @@ class SampleStream:
         if cfg.stage == "finetune":
             context = self._tokens(index, row["input"])
             context = context[: cfg.chunk_size * 8]  # keep the compressed prompt bounded
+            if cfg.ae_ratio and random.Random(f"{cfg.seed}:ae:{i // cfg.batch_size}").random() < cfg.ae_ratio:
+                window = cfg.context_tokens or cfg.chunk_size
+                start = rng.randrange(max(len(context) - window, 0) + 1)
+                return autoencoding_example(self.tokenizer, context[start : start + window], self.style)
             answer = self.tokenizer(row["answer"], add_special_tokens=False)["input_ids"][: cfg.max_answer_tokens]
             return question_example(self.tokenizer, context, row["prompt"], answer, self.style)
         ids = self._tokens(index, row["text"])
         window = cfg.context_tokens or cfg.chunk_size
+        if cfg.short_window_ratio and rng.random() < cfg.short_window_ratio:
+            window = cfg.chunk_size
         use_lm = cfg.method == "icae" and rng.random() < cfg.lm_ratio and len(ids) > window + 1
         span = window + (window // 2 if use_lm else 0)
         start = rng.randrange(max(len(ids) - span, 0) + 1)
@@ -489,7 +508,8 @@ def _prepare(config: TrainConfig, resume: bool, target) -> _Run:
     valid_rows = load_rows(config, "valid")[: config.eval_samples]
     if len(valid_rows) == 1:
         raise ValueError(f"{config.data_dir} has one validation row; the swap gap needs at least 2 (or eval_samples 0)")
-    valid_stream = SampleStream(valid_rows, target.tokenizer, config, style) if valid_rows else None
+    valid_config = replace(config, ae_ratio=0.0)  # fine-tuning is judged on its questions alone
+    valid_stream = SampleStream(valid_rows, target.tokenizer, valid_config, style) if valid_rows else None
     _truncate_log(log_path, step)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     return _Run(accelerator, target, compressor, objective, optimizer, scheduler, step, train_stream, valid_stream,

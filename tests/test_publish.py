@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from icformer import ICFormerModel
 from icformer.compressors.checkpoint import read_checkpoint_metadata
-from icformer.publish import card_summary, publish, read_card, republish
+from icformer.publish import card_summary, chain_runs, publish, read_card, republish
 from icformer.train import train
 
 from .conftest import tiny_train_config
@@ -154,5 +154,35 @@ def test_a_chain_that_goes_on_from_a_published_checkpoint_keeps_its_stages_and_l
     assert (logs / "earlier" / "NOTE.md").read_text() == "The first chain.\n"
     assert "| pretrain | earlier/icformer-pretrain | 2 |" in (dest / "README.md").read_text()
     assert card_summary(card).startswith("8 pretrain + 8 finetune + 12 pretrain + 12 finetune samples")
+    assert "going on\nfrom an earlier published checkpoint" in (dest / "README.md").read_text()
     with pytest.raises(ValueError, match="already holds the runs"):  # publishing the same runs again would count them twice
         publish(more, assets, train_data, ["icformer"], samples=1, length=8)
+    again = tmp_path / "again"  # a third chain: the second's stages, earlier ones included, nest once more
+    train(tiny_train_config(tmp_path, train_data, out_dir=str(again / "icformer-pretrain"), init_from=str(dest),
+                            **common), target=tiny_target)
+    train(tiny_train_config(tmp_path, train_data, out_dir=str(again / "icformer-finetune"), stage="finetune",
+                            init_from=str(again / "icformer-pretrain" / "checkpoint-3" / "model"), **common),
+          target=tiny_target)
+    third = publish(again, assets, train_data, ["icformer"], samples=1, length=8)["icformer"]
+    assert [s["run"] for s in third["stages"][:4]] == [
+        "earlier/earlier/icformer-pretrain", "earlier/earlier/icformer-finetune", "earlier/icformer-pretrain",
+        "earlier/icformer-finetune"]
+    assert (logs / "earlier" / "earlier" / "NOTE.md").read_text() == "The first chain.\n"
+
+
+def test_a_chain_is_the_runs_its_final_run_started_from(tmp_path, train_data, tiny_target, tiny_llm_dir):
+    runs = _chain(tmp_path, train_data, tiny_target, tiny_llm_dir)
+    common = dict(llm=str(tiny_llm_dir), max_steps=2, save_every=1, eval_every=1)
+    train(tiny_train_config(tmp_path, train_data, out_dir=str(runs / "icformer-lengths"), context_tokens=32,
+                            short_window_ratio=0.5, init_from=str(runs / "icformer-pretrain" / "checkpoint-2" / "model"),
+                            **common), target=tiny_target)
+    config = runs / "icformer-finetune" / "config.yaml"  # as if trained elsewhere: linked by the run's name
+    config.write_text(config.read_text().replace(str(runs / "icformer-pretrain"), "/elsewhere/icformer-lengths"))
+    card = publish(runs, tmp_path / "assets", train_data, ["icformer"], samples=1, length=8)["icformer"]
+    assert [s["run"] for s in card["stages"]] == ["icformer-pretrain", "icformer-lengths", "icformer-finetune"]
+    assert card["stages"][1]["config"]["short_window_ratio"] == 0.5
+    for run, source in [("a", "b/checkpoint-1/model"), ("b", "a/checkpoint-1/model")]:
+        (tmp_path / "loop" / run).mkdir(parents=True)
+        (tmp_path / "loop" / run / "config.yaml").write_text(f"init_from: {source}\n")
+    with pytest.raises(ValueError, match="in a loop"):
+        chain_runs(tmp_path / "loop", "a")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from icformer.train import TrainConfig, make_scheduler, time_decay, train
+from icformer.train import SampleStream, TrainConfig, make_scheduler, time_decay, train
 
 from .conftest import tiny_train_config
 
@@ -113,6 +113,50 @@ def test_config_sources_and_errors(tmp_path):
     bad.write_text("learning_rate: 1\n")
     with pytest.raises(ValueError, match="unknown training options"):
         TrainConfig.from_sources(None, str(bad))
+
+
+def test_short_window_ratio_mixes_one_chunk_windows_among_the_long_ones(tmp_path, tiny_target):
+    text = " ".join(["The river ran slowly past the mill toward the sea."] * 12)  # well over 64 tokens
+    lengths = lambda **o: [len(SampleStream([{"text": text}], tiny_target.tokenizer, tiny_train_config(  # noqa: E731
+        tmp_path, tmp_path, context_tokens=64, **o)).example(i).context_ids) for i in range(40)]
+    assert set(lengths()) == {64}
+    mixed = lengths(short_window_ratio=0.5)
+    assert set(mixed) == {16, 64} and 10 < mixed.count(16) < 30  # chunk_size 16
+    for bad in (dict(short_window_ratio=1.0, context_tokens=64), dict(short_window_ratio=0.5),
+                dict(short_window_ratio=0.5, context_tokens=64, stage="finetune")):
+        with pytest.raises(ValueError, match="short_window_ratio"):
+            TrainConfig.from_sources(None, None, chunk_size=16, **bad)
+
+
+def test_ae_ratio_turns_whole_fine_tuning_micro_batches_into_autoencoding(tmp_path, tiny_target):
+    rows = [{"input": " ".join(["The river ran past the mill."] * 8), "prompt": "Where?", "answer": "mill"}] * 3
+    stream = lambda **o: SampleStream(rows, tiny_target.tokenizer, tiny_train_config(  # noqa: E731
+        tmp_path, tmp_path, stage="finetune", batch_size=4, **o))
+    tasks = lambda s: [s.example(i).layout.task for i in range(80)]  # noqa: E731
+    assert set(tasks(stream())) == {"FT"}
+    mixed = tasks(stream(ae_ratio=0.5))
+    batches = [set(mixed[b : b + 4]) for b in range(0, 80, 4)]
+    assert all(len(b) == 1 for b in batches) and 4 < batches.count({"AE"}) < 16  # one task per micro-batch
+    ae = stream(ae_ratio=0.5, context_tokens=24).example(mixed.index("AE"))
+    assert len(ae.context_ids) == 24 and ae.target_ids[:-1] == ae.context_ids
+    with pytest.raises(ValueError, match="ae_ratio"):
+        TrainConfig.from_sources(None, None, stage="finetune", ae_ratio=0.5, kl_weight=1.0)
+    with pytest.raises(ValueError, match="ae_ratio"):
+        TrainConfig.from_sources(None, None, ae_ratio=0.5)  # pre-training autoencodes already
+
+
+def test_fine_tuning_with_ae_ratio_is_evaluated_on_its_questions_alone(tmp_path, train_data, tiny_target, monkeypatch):
+    import icformer.train as training
+
+    seen = []
+    def recording(objective, examples):
+        seen.extend(e.layout.task for e in examples)
+        return context_use(objective, examples)
+    context_use = training.context_use
+    monkeypatch.setattr(training, "context_use", recording)
+    train(tiny_train_config(tmp_path, train_data, stage="finetune", ae_ratio=0.9), target=tiny_target)
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert seen and set(seen) == {"FT"} and "valid_loss" in log[-1]
 
 
 def test_missing_data_names_the_fix(tmp_path, tiny_target):

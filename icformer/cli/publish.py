@@ -6,14 +6,14 @@ import argparse
 from pathlib import Path
 
 from ..defaults import ASSETS_DIR
-from ..publish import CHAINS, publish, republish
+from ..publish import FINAL_RUNS, publish, republish
 
 
 def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/default"), help="where scripts/train_default.sh trained")
     parser.add_argument("--assets", type=Path, default=ASSETS_DIR, help="writes <assets>/checkpoints/<name>/")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--only", nargs="+", default=None, choices=sorted(CHAINS))
+    parser.add_argument("--only", nargs="+", default=None, choices=sorted(FINAL_RUNS))
     parser.add_argument("--samples", type=int, default=8, help="held-out windows for the reconstruction BLEU")
     parser.add_argument("--device", default=None)
     parser.add_argument("--bundle", type=Path, default=None,
