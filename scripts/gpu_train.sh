@@ -102,7 +102,7 @@ print(float(r) if r else round((64 * 2**20 - b) / 2**20 - 1, 2))" "$base" "${ROO
     if [ "$calls" -gt "${MAX_CALLS:-3}" ]; then
         rm -rf "$LEASE_DIR"
         echo "largest files in the tree:"
-        { git ls-files -z | xargs -0 du -b 2>/dev/null || true; } | sort -rn | head -5 | sed "s/^/  /"
+        { git ls-files -z | xargs -0 du -b 2>/dev/null || true; } | sort -rn | sed -n "1,5s/^/  /p"  # not head: under pipefail sort could die of SIGPIPE
         die "$calls calls (more than MAX_CALLS=${MAX_CALLS:-3}) would not fit one lease: the tree takes $(mib "$base") MiB of every call's 64 (bash $0 stash moves the committed weights out)"
     fi
     local i
