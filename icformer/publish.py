@@ -212,18 +212,21 @@ def _card(name: str, stages: list[StageSummary], reconstruction: dict[str, Any] 
     last = stages[-1]
     k, L = last.config["num_digest_tokens"], last.config["chunk_size"]
     caveat = "This is a short CPU schedule, far below the paper's training; expect weak reconstructions and answers."
-    if training_run is None and any(s.run.startswith(f"{EARLIER}/") for s in stages):
-        how = ("Trained in the stages below with `python -m icformer train` (each stage's config in logs/), going on\n"
-               f"from an earlier published checkpoint (the `{EARLIER}/` stages, whose logs are in logs/{EARLIER}/), on the "
-               "data of `python -m icformer prepare-data`;\nthis card was written by `python -m icformer publish` "
-               "from the logs beside it.")
+    went_on = any(s.run.startswith(f"{EARLIER}/") for s in stages)
+    earlier = (f"going on\nfrom an earlier published checkpoint (the `{EARLIER}/` stages, whose logs are in "
+               f"logs/{EARLIER}/), ")
+    if training_run is None and went_on:
+        how = ("Trained in the stages below with `python -m icformer train` (each stage's config in logs/), "
+               f"{earlier}on the data of `python -m icformer prepare-data`;\nthis card was written by "
+               "`python -m icformer publish` from the logs beside it.")
     elif training_run is None:
         how = ("Trained with `scripts/train_default.sh`\non the data of `python -m icformer prepare-data`; "
                "this card was written by `python -m icformer publish`\nfrom the logs beside it.")
     else:
         r = training_run
         how = (f"Trained with `{r['command']}` (commit {r['commit']}) on {r['machine']},\n"
-               f"{r['started']}, on the data of `python -m icformer prepare-data`; this card was written by "
+               f"{r['started']}, {earlier if went_on else ''}on the data of `python -m icformer prepare-data`; "
+               "this card was written by "
                f"`python -m icformer publish`\nfrom the logs beside it.")
         caveat = (f"Each stage ran under a wall-clock budget ({', '.join(f'{run} {b:.0f} s' for run, b in r['budgets_s'].items())});"
                   " card.json's training_run has the throughput and how each stage ended.")

@@ -109,65 +109,111 @@ def test_a_time_budget_ends_the_run_as_finished_and_export_keeps_what_publish_ne
 
 
 @pytest.mark.slow
-def test_stash_takes_the_committed_weights_out_of_what_a_call_sends_and_unstash_puts_back_only_the_missing(tmp_path):
+def test_stash_takes_the_committed_weights_logs_and_results_out_of_what_a_call_sends_and_unstash_puts_them_back(
+        tmp_path):
     git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
     git("init", "-q")
     (tmp_path / "scripts").mkdir()
     (tmp_path / "scripts" / "gpu_train.sh").write_text((ROOT / "scripts" / "gpu_train.sh").read_text())
     (tmp_path / ".gitignore").write_text("/.gpu/\n")
+    stashed = {}
     for name in ("icformer", "icae"):
-        (tmp_path / "assets" / "checkpoints" / name).mkdir(parents=True)
-        (tmp_path / "assets" / "checkpoints" / name / "model.safetensors").write_bytes(name.encode() * 1000)
+        folder = tmp_path / "assets" / "checkpoints" / name
+        (folder / "logs").mkdir(parents=True)
+        stashed[folder / "model.safetensors"] = name.encode() * 1000
+        stashed[folder / "logs" / "pretrain.metrics.jsonl"] = b"{}\n" * 100
+        (folder / "card.json").write_text("{}")  # stays: prepare checks the shipped weights against it
+    stashed[tmp_path / "assets" / "results" / "summary.json"] = b"[]" * 50
+    for path, data in stashed.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
     git("add", ".")
     before = lease.tree_bytes(tmp_path)
     env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(ROOT))
     script = lambda verb: subprocess.run(["bash", "scripts/gpu_train.sh", verb], cwd=tmp_path, env=env,  # noqa: E731
                                          capture_output=True, text=True, check=True).stdout
-    assert "stashed 2 weight files" in script("stash")
-    assert lease.tree_bytes(tmp_path) == before - len(b"icformer") * 1000 - len(b"icae") * 1000
+    assert "stashed 5 files (weights, logs, results)" in script("stash")
+    assert lease.tree_bytes(tmp_path) == before - sum(map(len, stashed.values()))
+    assert not any(path.exists() for path in stashed) and (tmp_path / "assets/checkpoints/icae/card.json").is_file()
     published = tmp_path / "assets" / "checkpoints" / "icformer" / "model.safetensors"
-    published.write_bytes(b"new")  # what `accept` publishes during the lease
-    assert "put back 1 weight files; 1 were replaced" in script("unstash")
+    published.write_bytes(b"new")  # published while they were stashed
+    assert "put back 4 files; 1 were replaced by newly published ones" in script("unstash")
     assert published.read_bytes() == b"new"
-    assert (tmp_path / "assets" / "checkpoints" / "icae" / "model.safetensors").read_bytes() == b"icae" * 1000
+    assert all(path.read_bytes() == data for path, data in stashed.items() if path != published)
     assert not (tmp_path / ".gpu" / "stash").exists()
+    assert "nothing stashed" in script("unstash")
 
 
-def test_prepare_refuses_a_lease_that_needs_too_many_calls(tmp_path):
+@pytest.mark.parametrize("mode, what, calls", [("published", "GGUF, data, wheel and 2 published weight files", 5),
+                                               ("scratch", "GGUF, data and wheel", 4)])
+def test_prepare_refuses_a_lease_that_needs_too_many_calls(tmp_path, mode, what, calls):
     env = dict(os.environ, PYTHON=sys.executable, LEASE_DIR=str(tmp_path / "lease"), DATA_ROWS="4", MAX_CALLS="1",
-               ROOM_MIB="30")
+               ROOM_MIB="30", FROM=mode)
     done = subprocess.run(["bash", "scripts/gpu_train.sh", "prepare"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode != 0
-    assert "room per call: 30.0 MiB; GGUF, data and wheel in 4 shipments" in done.stdout
-    assert "4 calls (more than MAX_CALLS=1) would not fit one lease" in done.stderr
+    assert f"room per call: 30.0 MiB; {what} in {calls} shipments" in done.stdout
+    assert f"{calls} calls (more than MAX_CALLS=1) would not fit one lease" in done.stderr
     assert not (tmp_path / "lease").exists()
 
 
 @pytest.mark.slow
 def test_the_cpu_rehearsal_runs_the_lease_end_to_end(tmp_path):
-    """`scripts/gpu_train.sh rehearse`: prepare in several shipments, run the four stages of the embedded
-    model under budgets, bring the bundle back within the return limits and publish it."""
+    """`scripts/gpu_train.sh rehearse`: prepare in several shipments (the published weights among them), run the
+    four stages of the embedded model on from the published checkpoints under budgets, bring the bundle back
+    within the return limits and publish it with the earlier stages first."""
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
     done = subprocess.run(["bash", "scripts/gpu_train.sh", "rehearse", str(tmp_path)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "GGUF, data, wheel and 2 published weight files in" in done.stdout
     out = tmp_path / "out"
     returned = [p for p in out.iterdir()]
     assert len(returned) <= lease.RETURN_FILES and all(p.stat().st_size <= lease.RETURN_FILE_LIMIT for p in returned)
     record = json.loads((tmp_path / "runs" / "training_run.json").read_text())
     stages = record["stages"]
-    assert list(stages) == ["icformer-warmup", "icformer-pretrain", "icformer-finetune", "icae-pretrain", "icae-finetune"]
-    pretrain = yaml.safe_load((tmp_path / "runs" / "icformer-pretrain" / "config.yaml").read_text())
-    assert pretrain["continue_from"] and pretrain["local_window_layers"] == 3 and pretrain["readout_weight"] == 1.0
+    assert list(stages) == ["icformer-pretrain", "icformer-finetune", "icae-pretrain", "icae-finetune"]
+    config = lambda run: yaml.safe_load((tmp_path / "runs" / run / "config.yaml").read_text())  # noqa: E731
+    pretrain = config("icformer-pretrain")
+    assert pretrain["init_from"] == "assets/checkpoints/icformer" and config("icae-pretrain")["init_from"] == \
+        "assets/checkpoints/icae"
+    assert (pretrain["context_tokens"], pretrain["short_window_ratio"], pretrain["readout_weight"]) == (512, 0.5, 0)
     assert stages["icformer-pretrain"]["ended"] == "time budget"  # max_steps 1000 is out of reach
-    assert pretrain["decay_s"] == round(0.2 * record["budgets_s"]["icformer-pretrain"])  # its last fifth decays
+    assert pretrain["decay_s"] == round(0.5 * record["budgets_s"]["icformer-pretrain"])  # its last half decays
     assert stages["icae-pretrain"]["steps"] == stages["icformer-pretrain"]["steps"]  # the same samples
+    assert all(config(f"{m}-finetune")["ae_ratio"] == 0.25 for m in ("icformer", "icae"))
     assert all(s["tokens_per_s"] > 0 and s["samples_seen"] > 0 for s in stages.values())
     for name in ("icformer", "icae"):
+        published = json.loads((ROOT / "assets" / "checkpoints" / name / "card.json").read_text())
         card = json.loads((tmp_path / "assets" / "checkpoints" / name / "card.json").read_text())
         assert card["training_run"] == record and card["weights_dtype"] == "bfloat16"
+        earlier = [s["run"] for s in card["stages"][:len(published["stages"])]]
+        assert earlier == [f"earlier/{s['run']}" for s in published["stages"]]
+        assert [s["run"] for s in card["stages"][len(published["stages"]):]] == [f"{name}-pretrain", f"{name}-finetune"]
         readme = (tmp_path / "assets" / "checkpoints" / name / "README.md").read_text()
         assert "Trained with `scripts/gpu_train.sh run`" in readme
+        assert "going on\nfrom an earlier published checkpoint" in readme
+
+
+def test_stage_flags_go_on_from_the_published_checkpoints_or_start_from_scratch():
+    def flags(mode):
+        env = dict(os.environ, PYTHON=sys.executable, FROM=mode)
+        done = subprocess.run(["bash", "scripts/gpu_train.sh", "stage-flags"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60, check=True)
+        return dict(line.split(": ", 1) for line in done.stdout.splitlines())
+
+    published = flags("published")
+    assert list(published) == ["icformer-pretrain", "icformer-finetune", "icae-pretrain", "icae-finetune"]
+    assert "--init-from assets/checkpoints/icformer" in published["icformer-pretrain"]
+    assert "--short-window-ratio 0.5" in published["icae-pretrain"] and "--readout-weight 0" in published[
+        "icformer-pretrain"]
+    assert all("--seed 3" in f and "--ae-ratio 0.25" in f for s, f in published.items() if s.endswith("finetune"))
+    scratch = flags("scratch")
+    assert list(scratch)[0] == "icformer-warmup" and "--init-from" not in " ".join(scratch.values())
+    assert "--local-window-layers 3 --readout-weight 1.0 --lr 1e-3" in scratch["icformer-pretrain"]
+    assert all(f.startswith(f"--method {s.split('-')[0]} ") for s, f in {**published, **scratch}.items())
+    bad = subprocess.run(["bash", "scripts/gpu_train.sh", "stage-flags"], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, FROM="elsewhere"))
+    assert bad.returncode != 0 and "FROM is published or scratch, not elsewhere" in bad.stderr
 
 
 def test_each_pre_training_decays_over_its_last_share():
@@ -181,3 +227,6 @@ def test_each_pre_training_decays_over_its_last_share():
     assert flags("icae-pretrain", "300", "500") == "--decay-steps 100"  # ICAE is given IC-Former's steps
     assert flags("icae-pretrain", "300", "60") == "--decay-steps 10"  # never into the preset's 50 warm-up steps
     assert flags("icae-pretrain", "300", "40") == "" and flags("icformer-pretrain", "100", "0", share="0") == ""
+    # the warm-up the stage's own arguments resolve to: 30 steps, not the preset's 50
+    assert flags("icae-pretrain", "300", "60", "--preset", "cpu-pretrain", "--warmup-steps", "30") == "--decay-steps 12"
+    assert flags("icae-pretrain", "300", "40", "--preset", "cpu-pretrain", "--warmup-steps", "30") == "--decay-steps 8"
