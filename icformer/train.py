@@ -577,7 +577,10 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
             seconds = time.perf_counter() - tick
             row = {**row, "tokens_per_s": row.pop("tokens") / seconds, "step_s": seconds,
                    "elapsed_s": time.perf_counter() - started}
-            if run.valid_stream is not None and (step % config.eval_every == 0 or step == config.max_steps):
+            # A budgeted run is scored where it ends too, so that a lease's short runs log a held-out loss; the
+            # flag is config, the same on every rank (the scoring runs the objective's collectives).
+            last = step == config.max_steps or (stopping and config.time_budget_s is not None)
+            if run.valid_stream is not None and (step % config.eval_every == 0 or last):
                 examples = [run.valid_stream.example(i) for i in range(len(run.valid_stream.rows))]
                 row.update(context_use(run.objective, examples).as_row())
             bar.update(1)

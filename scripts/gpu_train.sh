@@ -41,8 +41,9 @@ WARMUP_PRESET=${WARMUP_PRESET:-cpu-warmup}  # docs/learning.md: readout-only, th
 PRETRAIN_PRESET=${PRETRAIN_PRESET:-cpu-pretrain}
 FINETUNE_PRESET=${FINETUNE_PRESET:-cpu-finetune}
 # A batch that keeps an H200 busy (the CPU presets use 4); only the deadline saves (each save writes AdamW state).
-PRETRAIN_FLAGS=${PRETRAIN_FLAGS:---batch-size 64 --max-steps 1000000 --save-every 1000000 --eval-every 500}
-FINETUNE_FLAGS=${FINETUNE_FLAGS:---batch-size 32 --max-steps 1000000 --save-every 1000000 --eval-every 500}
+# Every shipped held-out row scored every 100 (50) steps and where the budget ends: a curve, at a second or two each.
+PRETRAIN_FLAGS=${PRETRAIN_FLAGS:---batch-size 64 --max-steps 1000000 --save-every 1000000 --eval-every 100 --eval-samples 64}
+FINETUNE_FLAGS=${FINETUNE_FLAGS:---batch-size 32 --max-steps 1000000 --save-every 1000000 --eval-every 50 --eval-samples 64}
 # Fine-tuning keeps a quarter of its micro-batches autoencoding (docs/learning.md, `ae_ratio`); a seed no CPU
 # stage has used (they used 0-2), so the lease's samples are new.
 FINETUNE_RECIPE_FLAGS=${FINETUNE_RECIPE_FLAGS---ae-ratio 0.25 --context-tokens 512}
@@ -193,26 +194,37 @@ stage_flags() {  # STAGE -> the `icformer train` arguments that do not depend on
     echo "--method $method --seed $SEED $flags"
 }
 
-decay_flags() {  # STAGE BUDGET_S STEPS [TRAIN ARGS] -> its decay flags: seconds for IC-Former, steps after the
-    # warm-up the arguments resolve to (default: PRETRAIN_PRESET's) for ICAE
-    local stage=$1 budget=$2 steps=$3; shift 3
-    [ $# -gt 0 ] || set -- --preset "$PRETRAIN_PRESET"
-    $PY - "$stage" "$budget" "$steps" "$DECAY_SHARE" "$@" <<'EOF'
+resolved() {  # FIELD... -- TRAIN ARGS -> each TrainConfig field as `python -m icformer train ARGS` would set it
+    local -a fields=()
+    while [ "$1" != -- ]; do fields+=("$1"); shift; done; shift
+    $PY - "${fields[*]}" "$@" <<'EOF'
 import argparse, sys
 from icformer.cli.args import dataclass_overrides
 from icformer.cli.train import add_arguments
 from icformer.train import TrainConfig
-stage, budget, steps, share, argv = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5:]
-if stage.startswith("icformer"):
-    print(f"--decay-s {budget * share:.0f}" if share > 0 else "")
-else:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser, "train")
-    args = parser.parse_args(argv)
-    warmup = TrainConfig.from_sources(args.preset, args.config, **dataclass_overrides(args, TrainConfig)).warmup_steps
-    decay = min(round(steps * share), steps - warmup)
-    print(f"--decay-steps {decay}" if decay > 0 else "")
+parser = argparse.ArgumentParser()
+add_arguments(parser, "train")
+args = parser.parse_args(sys.argv[2:])
+config = TrainConfig.from_sources(args.preset, args.config, **dataclass_overrides(args, TrainConfig))
+print(*(getattr(config, field) for field in sys.argv[1].split()))
 EOF
+}
+
+halved() {  # TRAIN ARGS -> the flags that halve their batch and double its accumulation; empty for an odd batch
+    local -a sizes; read -r -a sizes <<< "$(resolved batch_size grad_accum -- "$@")"
+    [ $((sizes[0] % 2)) = 1 ] || echo "--batch-size $((sizes[0] / 2)) --grad-accum $((sizes[1] * 2))"
+}
+
+decay_flags() {  # STAGE BUDGET_S STEPS [TRAIN ARGS] -> its decay flags: seconds for IC-Former, steps after the
+    # warm-up the arguments resolve to (default: PRETRAIN_PRESET's) for ICAE
+    local stage=$1 budget=$2 steps=$3; shift 3
+    [ $# -gt 0 ] || set -- --preset "$PRETRAIN_PRESET"
+    if [[ $stage == icformer-* ]]; then
+        $PY -c "import sys; b, s = map(float, sys.argv[1:]); print(f'--decay-s {b * s:.0f}' if s > 0 else '')" "$budget" "$DECAY_SHARE"
+    else
+        $PY -c "import sys; n, w, s = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+d = min(round(n * s), n - w); print(f'--decay-steps {d}' if d > 0 else '')" "$steps" "$(resolved warmup_steps -- "$@")" "$DECAY_SHARE"
+    fi
 }
 
 place_published() {  # the shipped weights where --init-from looks (the tree's copy has none when they were stashed)
@@ -294,16 +306,29 @@ assert sha256_file(used) == sha256_file(shipped), f'{used} is not the GGUF shipp
         fi
         # The trainer saves and stops at its budget; the outer limit (loading, validation, saving) keeps the
         # whole run inside DEADLINE_S, with 30 s left for the export.
-        local left=$(( started + DEADLINE_S - 30 - $(date +%s) ))
-        [ "$left" -gt 60 ] || { echo "== $stage skipped: $left s left before the deadline"; continue; }
-        [ "$budget" -le $((left - 60)) ] || budget=$((left - 60))
-        budgets[i]=$budget
-        args+=(--time-budget-s "$budget")
-        if [[ $stage == *-pretrain ]]; then
-            local -a decay; read -r -a decay <<< "$(decay_flags "$stage" "$budget" "${steps:-0}" "${args[@]}")"; args+=("${decay[@]}")
-        fi
-        echo "== $stage: budget $budget s, hard limit $left s: python -m icformer train ${args[*]}"
-        timeout -k 10 "$left" $PY -m icformer train "${args[@]}" || echo "== $stage failed or was stopped (rc $?)"
+        local attempt rc
+        for attempt in 1 2; do
+            local left=$(( started + DEADLINE_S - 30 - $(date +%s) ))
+            [ "$left" -gt 60 ] || { echo "== $stage skipped: $left s left before the deadline"; break; }
+            [ "$budget" -le $((left - 60)) ] || budget=$((left - 60))
+            budgets[i]=$budget
+            local -a timed=("${args[@]}" --time-budget-s "$budget")
+            if [[ $stage == *-pretrain ]]; then
+                local -a decay; read -r -a decay <<< "$(decay_flags "$stage" "$budget" "${steps:-0}" "${timed[@]}")"; timed+=("${decay[@]}")
+            fi
+            echo "== $stage: budget $budget s, hard limit $left s: python -m icformer train ${timed[*]}"
+            rc=0; timeout -k 10 "$left" $PY -m icformer train "${timed[@]}" || rc=$?
+            [ "$rc" != 0 ] || break
+            echo "== $stage failed or was stopped (rc $rc)"
+            # Failed before its first step (out of GPU memory, most likely): once more with half the batch and
+            # twice the accumulation, the same samples per step, so ICAE's step count still matches.
+            [ "$attempt" = 1 ] && [ -z "$(last_of "$work/runs/$stage" step)" ] || break
+            local -a halves; read -r -a halves <<< "$(halved "${args[@]}")"
+            [ "${#halves[@]}" -gt 0 ] || break
+            args+=("${halves[@]}")
+            rm -rf "$work/runs/$stage"
+            echo "== $stage: again with ${halves[*]}"
+        done
     done
     $PY - "$work/runs" "$(date -u -d "@$started" +%FT%TZ)" "${STAGES[*]}" "${budgets[*]}" <<'EOF'
 import json, sys
@@ -372,6 +397,7 @@ run) mkdir -p "${2:?usage: scripts/gpu_train.sh run OUT}"; run "$2" 2>&1 | tee "
 accept) shift; accept "$@" ;;
 rehearse) shift; rehearse "$@" ;;
 decay-flags) shift; decay_flags "$@" ;;  # for tests: STAGE BUDGET_S STEPS [TRAIN ARGS]
+halved) shift; halved "$@" ;;  # for tests: TRAIN ARGS
 stage-flags) shift; for stage in "${@:-${STAGES[@]}}"; do echo "$stage: $(stage_flags "$stage")"; done ;;  # for tests and a look
 *) sed -n 2,28p "$0"; exit 2 ;;
 esac

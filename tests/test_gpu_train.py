@@ -91,6 +91,7 @@ def test_a_time_budget_ends_the_run_as_finished_and_export_keeps_what_publish_ne
                                  time_budget_s=0.0, **common)
     row = train(pretrain, target=tiny_target)
     assert row["step"] == 1  # the deadline passed during the first step, which was saved
+    assert "valid_loss" in row and "valid_swap_gap" in row  # and scored, although eval_every is 1000
     checkpoint = latest_checkpoint(runs / "icformer-pretrain")
     assert checkpoint.name == "checkpoint-1"
     assert read_checkpoint_metadata(checkpoint / "model" / "model.safetensors")["trained"] == "true"
@@ -230,3 +231,14 @@ def test_each_pre_training_decays_over_its_last_share():
     # the warm-up the stage's own arguments resolve to: 30 steps, not the preset's 50
     assert flags("icae-pretrain", "300", "60", "--preset", "cpu-pretrain", "--warmup-steps", "30") == "--decay-steps 12"
     assert flags("icae-pretrain", "300", "40", "--preset", "cpu-pretrain", "--warmup-steps", "30") == "--decay-steps 8"
+
+
+def test_a_stage_that_fails_before_its_first_step_is_retried_with_the_same_samples_per_step():
+    def halved(*args):
+        done = subprocess.run(["bash", "scripts/gpu_train.sh", "halved", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60, check=True, env=dict(os.environ, PYTHON=sys.executable))
+        return done.stdout.strip()
+
+    assert halved("--preset", "cpu-pretrain", "--batch-size", "64") == "--batch-size 32 --grad-accum 2"
+    assert halved("--preset", "cpu-finetune", "--batch-size", "6", "--grad-accum", "3") == "--batch-size 3 --grad-accum 6"
+    assert halved("--preset", "cpu-pretrain", "--batch-size", "3") == ""  # 1 x 2 would change the samples per step
