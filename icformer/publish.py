@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from .files import partial_path, sha256_file
 from .compressors.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_metadata
 from .defaults import ASSETS_DIR
-from .train import latest_checkpoint
+from .train import latest_checkpoint, logged_steps
 
 # Published name -> the run its weights come from. The runs before it are found through `init_from`
 # (a stage that starts from another run's checkpoint); a run that `continue_from`s another carries that
@@ -143,8 +143,8 @@ def summarise_stage(run_dir: Path, data_dir: Path) -> StageSummary:
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     record = json.loads(_checkpoint_metadata(final_checkpoint(run_dir)).get("record", "{}"))
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["step"] <= config["max_steps"]]
-    valid = [r["valid_loss"] for r in rows if r.get("valid_loss") is not None]
+    valid = [r["valid_loss"] for r in rows if r.get("valid_loss") is not None and r["step"] <= config["max_steps"]]
+    rows = [r for r in logged_steps(run_dir) if r["step"] <= config["max_steps"]]
     data_file = DATA_FILES[config["stage"]]
     manifest = data_dir / "manifest.json"
     outputs = json.loads(manifest.read_text()).get("outputs", {}) if manifest.is_file() else {}

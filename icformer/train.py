@@ -558,6 +558,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     run = _prepare(config, resume, target)
     accelerator = run.accelerator
     stop, stopping, row, started = _StopFlag(), False, {}, time.perf_counter()
+    if run.step == 0 and run.valid_stream is not None:  # the curve's first point: where init_from (or random) starts
+        _log(run, {"step": 0, "samples_seen": 0, **_held_out(run)})
     bar = tqdm(total=config.max_steps, initial=run.step, disable=not accelerator.is_main_process, desc="train")
     undo_checkpointing = checkpoint_llm(run.target.model) if config.gradient_checkpointing else (lambda: None)
     undo_attention = use_attention(run.target.model, resolve_attention(config.llm_attention, accelerator.device))
@@ -581,13 +583,10 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
             # flag is config, the same on every rank (the scoring runs the objective's collectives).
             last = step == config.max_steps or (stopping and config.time_budget_s is not None)
             if run.valid_stream is not None and (step % config.eval_every == 0 or last):
-                examples = [run.valid_stream.example(i) for i in range(len(run.valid_stream.rows))]
-                row.update(context_use(run.objective, examples).as_row())
+                row.update(_held_out(run))
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
-            if accelerator.is_main_process:
-                with run.log_path.open("a") as log:
-                    log.write(json.dumps(row) + "\n")
+            _log(run, row)
             done = step == config.max_steps or stopping or step == stop_after
             if step % config.save_every == 0 or done:
                 save_checkpoint(accelerator, Path(config.out_dir), step, run.objective, run.optimizer, run.scheduler,
@@ -602,6 +601,19 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         undo_checkpointing()
         undo_attention()
     return row
+
+
+def _held_out(run: _Run) -> dict[str, float]:
+    """The valid_* columns: every held-out example with its own vectors and with another's."""
+    examples = [run.valid_stream.example(i) for i in range(len(run.valid_stream.rows))]
+    return context_use(run.objective, examples).as_row()
+
+
+def _log(run: _Run, row: dict[str, Any]) -> None:
+    """One metrics.jsonl row. Rows of optimizer steps carry step_s; the step-0 row has only the held-out scores."""
+    if run.accelerator.is_main_process:
+        with run.log_path.open("a") as log:
+            log.write(json.dumps(row) + "\n")
 
 
 def resolve_attention(setting: str, device: torch.device) -> str | None:
@@ -648,6 +660,13 @@ def _record(row: dict, config: TrainConfig, accelerator) -> dict:
             "loss": row.get("loss"), "elapsed_s": row.get("elapsed_s"),
             "machine": machine_description(accelerator.device), "precision": accelerator.mixed_precision,
             "torch": torch.__version__}
+
+
+def logged_steps(run_dir: Path) -> list[dict[str, Any]]:
+    """A run's metrics.jsonl rows of optimizer steps (they carry step_s), without the step-0 scores."""
+    log = Path(run_dir) / "metrics.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    return [r for r in rows if "step_s" in r]
 
 
 def _truncate_log(path: Path, step: int) -> None:

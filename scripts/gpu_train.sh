@@ -238,17 +238,16 @@ place_published() {  # the shipped weights where --init-from looks (the tree's c
 
 last_of() {  # RUN_DIR checkpoint|step -> its latest checkpoint's model folder, or its last logged step; empty if none
     $PY - "$@" <<'EOF'
-import json, sys
+import sys
 from pathlib import Path
-from icformer.train import latest_checkpoint
+from icformer.train import latest_checkpoint, logged_steps
 run, what = Path(sys.argv[1]), sys.argv[2]
 if what == "checkpoint":
     found = latest_checkpoint(run) if run.is_dir() else None
     print(found / "model" if found else "")
 else:
-    log = run / "metrics.jsonl"
-    rows = log.read_text().splitlines() if log.is_file() else []
-    print(json.loads(rows[-1])["step"] if rows else "")
+    rows = logged_steps(run)
+    print(rows[-1]["step"] if rows else "")
 EOF
 }
 
@@ -335,13 +334,13 @@ import json, sys
 from pathlib import Path
 import torch, yaml
 from icformer.timing import machine_description
+from icformer.train import logged_steps
 runs, started, stages, budgets = Path(sys.argv[1]), sys.argv[2], sys.argv[3].split(), map(float, sys.argv[4].split())
 record = dict(command="scripts/gpu_train.sh run", commit=__import__("os").environ["ICFORMER_SOURCE_COMMIT"],
               machine=machine_description("cuda" if torch.cuda.is_available() else "cpu"), torch=torch.__version__,
               started=started, budgets_s=dict(zip(stages, budgets)), stages={})
 for stage in stages:
-    log = runs / stage / "metrics.jsonl"
-    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    rows = logged_steps(runs / stage)
     if not rows:
         record["stages"][stage] = dict(ended="did not train")
         continue

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from icformer.train import SampleStream, TrainConfig, make_scheduler, time_decay, train
+from icformer.train import SampleStream, TrainConfig, logged_steps, make_scheduler, time_decay, train
 
 from .conftest import tiny_train_config
 
@@ -23,10 +23,23 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tmp_path, tiny_target):
         (data / name).write_text(rows)  # shorter than L: every step sees exactly these two samples
     cfg = tiny_train_config(tmp_path, data, lr=1e-2, max_steps=10, grad_accum=1, save_every=100)
     train(cfg, target=tiny_target)
-    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    start, *log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert start["step"] == start["samples_seen"] == 0 and "valid_loss" in start and "loss" not in start
     assert len(log) == 10 and {"loss", "lr", "grad_norm", "tokens_per_s", "samples_seen"} <= set(log[0])
     assert log[-1]["loss"] < log[0]["loss"] - 0.03  # a random tiny LLM is near-uniform: small but real
     assert "valid_loss" in log[-1] and log[-1]["grad_norm"] > 0
+    assert log[-1]["valid_loss"] < start["valid_loss"]  # the valid rows are the training rows here
+
+
+def test_a_run_first_scores_where_it_starts(tmp_path, train_data, tiny_target):
+    """A run that goes on from another's weights logs, at step 0, the held-out loss that run ended with."""
+    train(tiny_train_config(tmp_path / "a", train_data), target=tiny_target)
+    before = [json.loads(line) for line in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
+    init = str(tmp_path / "a" / "run" / "checkpoint-4" / "model")
+    train(tiny_train_config(tmp_path / "b", train_data, init_from=init), target=tiny_target)
+    after = [json.loads(line) for line in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert after[0]["step"] == 0 and after[0]["valid_loss"] == pytest.approx(before[-1]["valid_loss"], abs=1e-5)
+    assert after[0]["valid_loss"] != pytest.approx(before[0]["valid_loss"], abs=1e-3)  # not the random start
 
 
 def test_interrupted_and_resumed_run_ends_bit_exact(tmp_path, train_data, tiny_target):
@@ -41,7 +54,7 @@ def test_interrupted_and_resumed_run_ends_bit_exact(tmp_path, train_data, tiny_t
     for name in a:
         assert torch.equal(a[name], b[name]), name
     log = [json.loads(x)["step"] for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert log == [1, 2, 3, 4]
+    assert log == [0, 1, 2, 3, 4]  # the start is scored once, not again on resume
 
 
 def test_checkpoint_marks_trained_only_when_the_schedule_is_complete(tmp_path, train_data, tiny_target):
@@ -90,7 +103,7 @@ def test_decay_s_takes_the_rate_to_zero_at_the_time_budget(tmp_path, train_data,
     # A whole decay over a budget the run never reaches: every logged rate is below the last one, and below lr.
     cfg = tiny_train_config(tmp_path, train_data, lr=1e-3, time_budget_s=3600.0, decay_s=3600.0)
     train(cfg, target=tiny_target)
-    rates = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rates = [row["lr"] for row in logged_steps(tmp_path / "run")]
     assert len(rates) == cfg.max_steps and all(b < a < 1e-3 for a, b in zip(rates, rates[1:]))
 
 
@@ -201,7 +214,7 @@ def test_continue_from_goes_on_from_another_runs_checkpoint_as_a_resume_would(tm
     a, c = weights(tmp_path / "a" / "run", 4), weights(tmp_path / "c" / "run", 4)
     assert all(torch.equal(a[name], c[name]) for name in a)  # weights, optimizer, readout and samples went on
     log = [json.loads(line)["step"] for line in (tmp_path / "c" / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert log == [1, 2, 3, 4]  # the history it continued, then its own steps
+    assert log == [0, 1, 2, 3, 4]  # the history it continued, then its own steps
     with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
         train(tiny_train_config(tmp_path / "d", train_data, continue_from=str(tmp_path)), target=tiny_target)
 
