@@ -45,7 +45,7 @@ FINETUNE_PRESET=${FINETUNE_PRESET:-cpu-finetune}
 PRETRAIN_FLAGS=${PRETRAIN_FLAGS:---batch-size 64 --max-steps 1000000 --save-every 1000000 --eval-every 100 --eval-samples 64}
 FINETUNE_FLAGS=${FINETUNE_FLAGS:---batch-size 32 --max-steps 1000000 --save-every 1000000 --eval-every 50 --eval-samples 64}
 # Fine-tuning keeps a quarter of its micro-batches autoencoding (docs/learning.md, `ae_ratio`); a seed no CPU
-# stage has used (they used 0-2), so the lease's samples are new.
+# stage has used (they used 0-2 and 4), so the lease draws its own order and cuts of the texts.
 FINETUNE_RECIPE_FLAGS=${FINETUNE_RECIPE_FLAGS---ae-ratio 0.25 --context-tokens 512}
 SEED=${SEED:-3}
 if [ "$FROM" = published ]; then
