@@ -251,7 +251,7 @@ def test_ddp_config_runs_one_step_on_two_cpu_processes(tmp_path, tiny_llm_dir):
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1] and log[0]["samples_seen"] == 2  # two ranks, one sample each
+    assert [r["step"] for r in log] == [0, 1] and log[1]["samples_seen"] == 2  # step 0's scores; two ranks, one sample each
     assert (out / "checkpoint-1" / "model" / "model.safetensors").is_file()
 
 
