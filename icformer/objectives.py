@@ -16,6 +16,11 @@ its share of the chunk. That asks the digests to carry their window's tokens fro
 at a cost of one [k, h] x [h, vocab] product per slot, without running the LLM. With
 `llm_weight` 0 it is the whole objective: a warm-up stage about 8x cheaper per sample than one that
 runs the frozen LLM.
+
+`hidden_weight` > 0 is another named deviation: the LLM's hidden states at the target tokens, in every
+layer, must also come close to those of the same LLM reading the raw context in the vectors' place (same
+layout, same targets). The loss at the top layer says only which token was wrong; this says, layer by
+layer, what reading the context should have put there. It costs one more forward pass, without grad.
 """
 
 from __future__ import annotations
@@ -67,13 +72,13 @@ class CompressionObjective(nn.Module):
     """
 
     def __init__(self, compressor: nn.Module, target: TargetLLM, kl_weight: float = 0.0,
-                 readout_weight: float = 0.0, llm_weight: float = 1.0) -> None:
+                 readout_weight: float = 0.0, llm_weight: float = 1.0, hidden_weight: float = 0.0) -> None:
         super().__init__()
         self.compressor = compressor
         self.llm = target.model
         self._target = target  # a plain attribute, not a submodule
         self.kl_weight = kl_weight
-        self.readout_weight, self.llm_weight = readout_weight, llm_weight
+        self.readout_weight, self.llm_weight, self.hidden_weight = readout_weight, llm_weight, hidden_weight
         self.parts: dict[str, torch.Tensor] = {}
         if llm_weight <= 0 and readout_weight <= 0:
             raise ValueError("llm_weight 0 needs readout_weight > 0: otherwise nothing is learnt")
@@ -102,11 +107,13 @@ class CompressionObjective(nn.Module):
         mask = (torch.arange(inputs.shape[1], device=inputs.device) < lengths[:, None]).long()
         return inputs, mask, nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE)
 
-    def _logits(self, inputs, mask, labels):
-        """Logits at the positions that predict a label (next-token shift applied)."""
-        hidden = self.llm.base_model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
+    def _logits(self, inputs, mask, labels, layers: bool = False):
+        """Logits at the positions that predict a label (next-token shift applied), their labels, and
+        with `layers` every layer's hidden states at those positions (else None)."""
+        out = self.llm.base_model(inputs_embeds=inputs, attention_mask=mask, output_hidden_states=layers)
         predicts = labels[:, 1:] != IGNORE
-        return self.llm.lm_head(hidden[:, :-1][predicts]), labels[:, 1:][predicts]
+        states = [h[:, :-1][predicts] for h in out.hidden_states[1:]] if layers else None
+        return self.llm.lm_head(out.last_hidden_state[:, :-1][predicts]), labels[:, 1:][predicts], states
 
     def forward(self, examples: list[Example], swap: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean token loss, number of target tokens) for a micro-batch.
@@ -124,8 +131,9 @@ class CompressionObjective(nn.Module):
             self.parts["readout_loss"] = readout.detach()
             return self.readout_weight * readout, torch.tensor(sum(len(e.context_ids) for e in examples))
         inputs, mask, labels = self._sequences(examples, vectors)
+        hidden = self.hidden_weight > 0 and self.training  # held-out scores need only the LLM's loss
         with self._decoding():
-            logits, targets = self._logits(inputs, mask, labels)
+            logits, targets, states = self._logits(inputs, mask, labels, layers=hidden)
         llm_loss = F.cross_entropy(logits.float(), targets)
         self.parts["token_accuracy"] = (logits.argmax(-1) == targets).float().mean().detach()
         loss = self.llm_weight * llm_loss
@@ -137,6 +145,10 @@ class CompressionObjective(nn.Module):
             readout = self.readout(own, [e.context_ids for e in examples], self.llm.lm_head)
             self.parts["readout_loss"] = readout.detach()
             loss = loss + self.readout_weight * readout
+        if hidden:
+            distance = self._hidden_distance(examples, states)
+            self.parts["hidden_distance"] = distance.detach()
+            loss = loss + self.hidden_weight * distance
         if len(self.parts) > 1:  # a mixed loss: its LLM term apart
             self.parts["llm_loss"] = llm_loss.detach()
         return loss, torch.tensor(targets.numel(), device=loss.device)
@@ -149,11 +161,30 @@ class CompressionObjective(nn.Module):
         """KL(teacher || student) on the answer tokens; the teacher reads the raw context."""
         with torch.no_grad(), self._decoding():
             context = encode(None, self._target, [e.context_ids for e in examples])
-            teacher_logits, _ = self._logits(*self._sequences(examples, context, teacher=True))
+            teacher_logits, _, _ = self._logits(*self._sequences(examples, context, teacher=True))
         return F.kl_div(
             student_logits.float().log_softmax(-1), teacher_logits.float().log_softmax(-1),
             log_target=True, reduction="batchmean",
         )
+
+
+    def _hidden_distance(self, examples: list[Example], states: list[torch.Tensor]) -> torch.Tensor:
+        """Squared distance to the hidden states of the LLM reading the raw context in the same layout (its
+        task vector too, so it knows the task), over target tokens, relative to their size, mean over layers.
+
+        Each layer's output is compared as the next layer reads it, through that layer's input RMSNorm: a
+        few huge activations (one dimension is ~24x the RMS in SmolLM2) would otherwise be all a raw or
+        unit-normalised distance measures, and the LLM's norms give them almost no weight."""
+        with torch.no_grad(), self._decoding():
+            context = encode(None, self._target, [e.context_ids for e in examples])
+            _, _, teacher = self._logits(*self._sequences(examples, context), layers=True)
+        layers = self.llm.get_decoder().layers
+        reads = [layer.input_layernorm for layer in layers[1:]] + [nn.Identity()]  # the last is the final norm's output
+        distances = []
+        for read, s, t in zip(reads, states, teacher):
+            s, t = read(s).float(), read(t).float()
+            distances.append((s - t).pow(2).sum(-1).mean() / t.pow(2).sum(-1).mean())
+        return torch.stack(distances).mean()
 
 
 class WindowReadout(nn.Module):

@@ -89,6 +89,9 @@ class TrainConfig:
     local_window_layers: int = 0  # IC-Former locality prior (docs/learning.md); 0 = paper
     readout_weight: float = 0.0  # IC-Former window-readout auxiliary loss (objectives.py); 0 = paper
     llm_weight: float = 1.0  # weight of the LLM's own loss; 0 = a readout-only warm-up stage; 1 = paper
+    # Weight of the distance of the LLM's hidden states reading the vectors to its reading the raw context
+    # (objectives.py); 0 = paper.
+    hidden_weight: float = 0.0
     lora_r: int = 128
     gradient_checkpointing: bool = False  # recompute the frozen LLM's activations in backward (IC-Former only)
     # The frozen LLM's attention kernel while training: auto = eager on a CPU, where SDPA's backward is the
@@ -117,7 +120,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options {sorted(unknown)}")
         config = cls(**values)
-        icformer_only = dict(local_window_layers=0, readout_weight=0.0, llm_weight=1.0)
+        icformer_only = dict(local_window_layers=0, readout_weight=0.0, llm_weight=1.0, hidden_weight=0.0)
         changed = sorted(k for k, v in icformer_only.items() if getattr(config, k) != v)
         if config.method != "icformer" and changed:
             raise ValueError(f"{changed} are IC-Former options; ICAE trains with the defaults {icformer_only}")
@@ -479,7 +482,8 @@ def _prepare(config: TrainConfig, resume: bool, target) -> _Run:
     for name, vector in compressor.task_embeddings.items():  # the paper freezes [AE] when fine-tuning
         vector.requires_grad_(name in STAGE_TASKS[config.stage])
     objective = CompressionObjective(compressor, target, kl_weight=config.kl_weight,
-                                     readout_weight=config.readout_weight, llm_weight=config.llm_weight)
+                                     readout_weight=config.readout_weight, llm_weight=config.llm_weight,
+                                     hidden_weight=config.hidden_weight)
     extra = list(objective.readout.parameters()) if config.readout_weight > 0 else []
     optimizer = torch.optim.AdamW(trainable_parameters(compressor) + extra, lr=config.lr,
                                   weight_decay=config.weight_decay)

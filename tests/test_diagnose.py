@@ -90,6 +90,34 @@ def test_window_readout_is_refused_for_icae(tiny_target):
         CompressionObjective(icae, tiny_target, readout_weight=1.0)
 
 
+class _RawContext(FreeVectors):
+    """The context's own token embeddings as its "vectors": what the teacher of the hidden distance reads."""
+
+    def encode(self, ids, embed):
+        return [embed(torch.tensor(i)) for i in ids]
+
+
+def test_hidden_distance_is_zero_for_the_raw_context_and_pulls_other_vectors_towards_it(tiny_target):
+    examples = [autoencoding_example(tiny_target.tokenizer, w) for w in _windows(tiny_target, 2)]
+    raw = CompressionObjective(_RawContext(TINY_K, tiny_target.hidden_size, scale=0.1), tiny_target, hidden_weight=1.0)
+    loss, _ = raw.train()(examples)
+    assert raw.parts["hidden_distance"] < 1e-6 and loss.item() == pytest.approx(raw.parts["llm_loss"].item())
+    free = FreeVectors(TINY_K, tiny_target.hidden_size, scale=0.1)
+    objective = CompressionObjective(free, tiny_target, hidden_weight=1.0).train()
+    optimizer = torch.optim.Adam(free.parameters(), lr=5e-2)
+    distances = []
+    for _ in range(5):
+        loss, _ = objective(examples)
+        distances.append(objective.parts["hidden_distance"].item())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert distances[0] > 0.01 and distances[-1] < distances[0]
+    with torch.no_grad():
+        objective.eval()(examples)
+    assert "hidden_distance" not in objective.parts  # held-out scores are the LLM's loss alone
+
+
 def test_memorise_reports_the_steps_to_reach_the_threshold(tiny_target):
     window = _windows(tiny_target, 1)[0]
     free = FreeVectors(TINY_K, tiny_target.hidden_size, scale=0.1)

@@ -113,11 +113,13 @@ def test_config_sources_and_errors(tmp_path):
     paper = TrainConfig.from_sources("paper-pretrain")
     assert (paper.num_digest_tokens, paper.chunk_size, paper.grad_accum, paper.max_steps) == (128, 512, 16, 9300)
     assert paper.output_norm_init == 1.0 and paper.digest_init_std == 0.0  # no deviations in the paper preset
-    assert (paper.local_window_layers, paper.readout_weight, paper.llm_weight) == (0, 0.0, 1.0)
+    assert (paper.local_window_layers, paper.readout_weight, paper.llm_weight, paper.hidden_weight) == (0, 0.0, 1.0, 0.0)
     warmup = TrainConfig.from_sources("cpu-warmup")
     assert (warmup.local_window_layers, warmup.readout_weight, warmup.llm_weight) == (3, 1.0, 0.0)
     with pytest.raises(ValueError, match="IC-Former options"):
         TrainConfig.from_sources("cpu-warmup", None, method="icae")
+    with pytest.raises(ValueError, match="IC-Former options"):
+        TrainConfig.from_sources("cpu-pretrain", None, method="icae", local_window_layers=0, hidden_weight=1.0)
     with pytest.raises(ValueError, match="at least 2"):
         TrainConfig.from_sources("cpu-pretrain", None, eval_samples=1)
     with pytest.raises(FileNotFoundError, match="presets"):
