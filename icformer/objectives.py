@@ -159,14 +159,18 @@ class CompressionObjective(nn.Module):
 
     def _kl_to_full_context(self, examples: list[Example], student_logits: torch.Tensor) -> torch.Tensor:
         """KL(teacher || student) on the answer tokens; the teacher reads the raw context."""
-        with torch.no_grad(), self._decoding():
-            context = encode(None, self._target, [e.context_ids for e in examples])
-            teacher_logits, _, _ = self._logits(*self._sequences(examples, context, teacher=True))
+        teacher_logits, _, _ = self._reading_the_context(examples, task_vector=False)
         return F.kl_div(
             student_logits.float().log_softmax(-1), teacher_logits.float().log_softmax(-1),
             log_target=True, reduction="batchmean",
         )
 
+    def _reading_the_context(self, examples: list[Example], task_vector: bool, layers: bool = False):
+        """`_logits` of the frozen LLM reading each example's raw context in its vectors' place, without grad:
+        the teacher of the KL term (no task vector) and of the hidden distance (with it)."""
+        with torch.no_grad(), self._decoding():
+            context = encode(None, self._target, [e.context_ids for e in examples])
+            return self._logits(*self._sequences(examples, context, teacher=not task_vector), layers=layers)
 
     def _hidden_distance(self, examples: list[Example], states: list[torch.Tensor]) -> torch.Tensor:
         """Squared distance to the hidden states of the LLM reading the raw context in the same layout (its
@@ -175,9 +179,7 @@ class CompressionObjective(nn.Module):
         Each layer's output is compared as the next layer reads it, through that layer's input RMSNorm: a
         few huge activations (one dimension is ~24x the RMS in SmolLM2) would otherwise be all a raw or
         unit-normalised distance measures, and the LLM's norms give them almost no weight."""
-        with torch.no_grad(), self._decoding():
-            context = encode(None, self._target, [e.context_ids for e in examples])
-            _, _, teacher = self._logits(*self._sequences(examples, context), layers=True)
+        _, _, teacher = self._reading_the_context(examples, task_vector=True, layers=True)
         layers = self.llm.get_decoder().layers
         reads = [layer.input_layernorm for layer in layers[1:]] + [nn.Identity()]  # the last is the final norm's output
         distances = []
