@@ -182,9 +182,10 @@ def qa_metrics_figure(summary: pd.DataFrame | None, dataset: str | None = None) 
 
 
 def reconstruction_length_figure(frame: pd.DataFrame | None) -> go.Figure:
-    """Reconstruction per length bucket with 95% intervals: BLEU-4 (its axis scaled to the data) and,
-    where the results have it, the swap gap beside it (nats/token the vectors carry of their own
-    window; zero marked), which still separates methods whose reconstructions BLEU scores near 0."""
+    """Reconstruction per length bucket with 95% intervals: BLEU-4 (its axis scaled to the data; dashed,
+    where the results have it, the same vectors decoded with no repeated n-grams) and, where the results
+    have it, the swap gap beside it (nats/token the vectors carry of their own window; zero marked),
+    which still separates methods whose reconstructions BLEU scores near 0."""
     from plotly.subplots import make_subplots
 
     if frame is None or frame.empty:
@@ -193,17 +194,22 @@ def reconstruction_length_figure(frame: pd.DataFrame | None) -> go.Figure:
     if "ce_gap" in frame.columns and pd.to_numeric(frame["ce_gap"], errors="coerce").notna().any():
         panels.append(("ce_gap", "swap gap (nats/token)"))
     fig = make_subplots(rows=1, cols=len(panels), horizontal_spacing=0.12, subplot_titles=[t for _, t in panels])
+    blocked = "bleu_no_repeat" in frame.columns and pd.to_numeric(frame["bleu_no_repeat"],
+                                                                  errors="coerce").notna().any()
+    lines = [(1, "bleu", ""), *([(1, "bleu_no_repeat", ", no repeated n-grams")] if blocked else []),
+             *[(col, metric, "") for col, (metric, _) in enumerate(panels[1:], 2)]]
     ends = []
-    for col, (metric, _) in enumerate(panels, 1):
+    for col, metric, suffix in lines:
         for i, (method, group) in enumerate(frame.groupby("method", sort=False)):
             value, minus, plus = _bounds(group, metric)
-            if metric == "bleu":
+            if col == 1:
                 ends += list(value + plus)
             fig.add_trace(go.Scatter(
-                x=group["length_bucket"], y=value, mode="lines+markers", name=label(method), showlegend=col == 1,
-                legendgroup=method, line=dict(color=color(method, i), width=2.5),
+                x=group["length_bucket"], y=value, mode="lines+markers", name=label(method) + suffix,
+                showlegend=col == 1, legendgroup=method + suffix,
+                line=dict(color=color(method, i), width=2.5, dash="dash" if suffix else "solid"),
                 error_y=dict(type="data", array=plus, arrayminus=minus, visible=True, thickness=1.2, width=4),
-                hovertemplate="≤ %{x} tokens: %{y:.3f}<extra>" + label(method) + "</extra>",
+                hovertemplate="≤ %{x} tokens: %{y:.3f}<extra>" + label(method) + suffix + "</extra>",
             ), row=1, col=col)
     fig.update_yaxes(range=[0, _axis_top(ends, minimum=0.02)], tickformat=".3~f", row=1, col=1)
     if len(panels) > 1:

@@ -218,8 +218,8 @@ def decoding_note(done: int, limit: int, timings: dict, wall_s: float) -> str:
 
 
 def reconstruction_stats(bleu: float, counts: dict[str, int], num_tokens: int, num_vectors: int, result,
-                         limit: int, *, capped: bool, wall_s: float) -> str:
-    """BLEU and word counts of a finished (or stopped) reconstruction, and what bounded it."""
+                         limit: int, *, capped: bool, wall_s: float, no_repeat_ngram: int = 0) -> str:
+    """BLEU and word counts of a finished (or stopped) reconstruction, what bounded it, and how it decoded."""
     compute = result.timings.get("prefill_s", 0.0) + result.timings.get("decode_s", 0.0)
     decoded = len(result.token_ids)
     waited = max(wall_s - compute, 0.0)
@@ -233,6 +233,8 @@ def reconstruction_stats(bleu: float, counts: dict[str, int], num_tokens: int, n
         f"{esc(device_label(result.device))}"
         + (f"; {fmt_seconds(waited)} more waiting for other requests' turns" if waited >= 0.5 else "") + "."
     )
+    if no_repeat_ngram:
+        html += f" Greedy decoding with no repeated {no_repeat_ngram}-grams, not the paper's plain greedy."
     if not result.done:
         html += f" Stopped after {decoded:,} tokens, so the rest counts as missing."
     elif capped and decoded >= limit:

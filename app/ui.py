@@ -15,7 +15,8 @@ api_name            inputs                                                     o
 /ask                context, question, max_new_tokens                          3 x (answer, timings html),
                                                                                headline html, summary json
 /reconstruct        context, method ("icformer"|"icae"), max_new_tokens        diff spans, stats html,
-                    (0: the context's length + 16), streamed                   text, summary json
+                    (0: the context's length + 16), no_repeat (bool: no        text, summary json
+                    3-gram twice), streamed
 /attention          context                                                    heatmap plot, stats html,
                                                                                summary json
 /bench              lengths (list of "128", "256", …), log_scale               time plot, FLOPs plot,

@@ -15,7 +15,9 @@ from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 from transformers import DynamicCache
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers.generation.logits_process import (
+    NoRepeatNGramLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+)
 
 from .timing import now, peak_memory_bytes, reset_peak_memory
 
@@ -44,18 +46,24 @@ class SamplingOptions:
     top_p: float = 1.0
     top_k: int = 50
     seed: int | None = None
+    # 0: off (the paper's decoding). n: no n-gram of the new text appears twice, as `generate`'s
+    # no_repeat_ngram_size: an undertrained compressor's reconstructions otherwise loop on a phrase.
+    no_repeat_ngram: int = 0
 
     def check(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if self.do_sample and self.temperature <= 0:
             raise ValueError(f"temperature must be positive when sampling, got {self.temperature}")
+        if self.no_repeat_ngram < 0:
+            raise ValueError(f"no_repeat_ngram must be 0 (off) or an n-gram length, got {self.no_repeat_ngram}")
 
-    def warpers(self) -> list[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
-        """The logits warpers `generate` would apply when sampling (none for greedy decoding)."""
+    def processors(self) -> list[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+        """The logits processors `generate` would apply, in its order: the n-gram block, then (when
+        sampling) the warpers. Greedy decoding with neither takes the argmax of the raw logits."""
+        out: list = [NoRepeatNGramLogitsProcessor(self.no_repeat_ngram)] if self.no_repeat_ngram else []
         if not self.do_sample:
-            return []
-        out: list = []
+            return out
         if self.temperature != 1.0:
             out.append(TemperatureLogitsWarper(self.temperature))
         if self.top_k:
@@ -115,7 +123,7 @@ def stream_from_embeds(
     options.check()
     device = inputs_embeds.device
     enter = step_context or nullcontext
-    warpers = options.warpers()
+    processors = options.processors()
     generator = None
     if options.do_sample and options.seed is not None:
         generator = torch.Generator(device=device).manual_seed(options.seed)
@@ -129,10 +137,11 @@ def stream_from_embeds(
         start = now(device)
         with enter():
             logits = model(**feed, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
-        if warpers:
+        if processors:
             context = torch.tensor([ids], dtype=torch.long, device=device)
-            for warp in warpers:
-                logits = warp(context, logits)
+            for process in processors:
+                logits = process(context, logits)
+        if options.do_sample:
             token = int(torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=generator))
         else:
             token = int(logits.argmax(-1))

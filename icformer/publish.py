@@ -177,9 +177,11 @@ def earlier_card(stages: list[StageSummary]) -> tuple[Path, dict] | None:
     return Path(init_from), card
 
 
-def heldout_reconstruction(cc, method: str, data_dir: Path, samples: int, length: int, seed: int) -> dict[str, Any]:
+def heldout_reconstruction(cc, method: str, data_dir: Path, samples: int, length: int, seed: int,
+                           no_repeat_ngram: int = 0) -> dict[str, Any]:
     """Greedy reconstruction of `samples` validation windows of `length` tokens (+16 new tokens at most),
-    scored as `python -m icformer evaluate` scores its reconstructions: mean BLEU, token accuracy, CE."""
+    scored as `python -m icformer evaluate` scores its reconstructions: mean BLEU, token accuracy, CE.
+    `no_repeat_ngram`: greedy with that n-gram block instead (the paper's decoding is 0)."""
     from .files import read_jsonl
     from .evaluate import Method, TextSource, encode_timed, generate_batch, reconstruction_ce
     from .metrics import sentence_bleu
@@ -191,7 +193,8 @@ def heldout_reconstruction(cc, method: str, data_dir: Path, samples: int, length
     runner = Method(method, cc, method)
     layout = reconstruction_layout(cc.tokenizer, prompt_style(runner.model))
     vectors = [encode_timed(runner, ids)[0] for ids in windows]
-    outputs = generate_batch(cc, [(runner.model, layout, v) for v in vectors], length + 16)
+    outputs = generate_batch(cc, [(runner.model, layout, v) for v in vectors], length + 16,
+                             no_repeat_ngram=no_repeat_ngram)
     scores = []
     for ids, (out_ids, out_text) in zip(windows, outputs):
         reference = cc.tokenizer.decode(ids, skip_special_tokens=True).strip()

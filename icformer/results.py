@@ -96,10 +96,12 @@ SIGNAL_COLUMNS = tuple(c for score in SIGNAL_SCORES for floor in ("none", "swapp
 # qa_summary / qa_by_task: one row per (dataset, method or floor); `kind` "method" or "floor".
 QA_COLUMNS = ("method", "dataset", "kind", "n", *(c for s in QA_SCORES for c in with_interval(s)), *SIGNAL_COLUMNS,
               "num_vectors", "k", "mean_context_tokens", "trained", "compress_s", "new_tokens")
-REC_SCORES = (*with_interval("bleu"), "corpus_bleu", *with_interval("ce"), *with_interval("ce_swapped"),
-              *with_interval("ce_gap"), *with_interval("token_accuracy"))
-# reconstruction_by_length: per (method, bucket upper edge in tokens); BLEU-4, CE in nats/token with the
-# window's own vectors and with another window's (ce_swapped); ce_gap = ce_swapped - ce, paired per window.
+REC_SCORES = (*with_interval("bleu"), "corpus_bleu", *with_interval("bleu_no_repeat"), *with_interval("ce"),
+              *with_interval("ce_swapped"), *with_interval("ce_gap"), *with_interval("token_accuracy"))
+# reconstruction_by_length: per (method, bucket upper edge in tokens); BLEU-4 of greedy decoding (the paper's)
+# and of greedy decoding that never repeats an n-gram (bleu_no_repeat; None when the evaluation skipped it),
+# CE in nats/token with the window's own vectors and with another window's (ce_swapped); ce_gap = ce_swapped
+# - ce, paired per window.
 REC_COLUMNS = ("method", "length_bucket", *REC_SCORES, "n", "num_vectors", "mean_tokens", "scored_tokens",
                "trained", "compress_s")
 RAND_COLUMNS = ("method", "kind", "length", *REC_SCORES, "n", "num_vectors", "scored_tokens", "trained",

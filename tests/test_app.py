@@ -281,7 +281,17 @@ def test_reconstruct_shows_a_word_diff_and_bleu(client, cc):
     assert summary["max_new_tokens"] == 32 and summary["stopped"] is False
     labels = {s["class_or_confidence"] for s in spans}
     assert labels <= {None, "missing", "added"} and "missing" in labels
-    assert summary["text"] == text
+    assert summary["text"] == text and summary["no_repeat_ngram"] == 0
+
+
+def test_reconstruct_can_block_repeated_phrases(client, cc):
+    """The box decodes as the library does with its n-gram block; off (the default) is plain greedy."""
+    _, stats, text, summary = client.predict(STORY, "icformer", 40, True, api_name="/reconstruct")
+    assert summary["no_repeat_ngram"] == 3 and "no repeated 3-grams" in stats
+    assert text == cc.reconstruct(STORY, max_new_tokens=40, no_repeat_ngram=3).text
+    _, stats, plain, _ = client.predict(STORY, "icformer", 40, False, api_name="/reconstruct")
+    assert "repeated" not in stats
+    assert plain == cc.reconstruct(STORY, max_new_tokens=40).text != text  # the random tiny model loops
 
 
 def test_attention_shows_the_digests_heatmap_and_band_numbers(client, cc):

@@ -106,6 +106,12 @@ def test_bleu_chart_scales_to_the_data_with_intervals(tmp_path):
     assert gaps and len(gaps) == len(fig.data) / 2 and not any(t.showlegend for t in gaps)
     frame = res.reconstruction.drop(columns=[c for c in res.reconstruction.columns if c.startswith("ce_gap")])
     assert {t.xaxis for t in charts.reconstruction_length_figure(frame).data} == {"x"}  # older results: BLEU alone
+    assert not any(t.line.dash == "dash" for t in fig.data)  # results without the n-gram-blocked decoding
+    blocked = res.reconstruction.assign(bleu_no_repeat=0.08, bleu_no_repeat_lo=0.06, bleu_no_repeat_hi=0.1)
+    fig = charts.reconstruction_length_figure(blocked)
+    dashed = [t for t in fig.data if t.line.dash == "dash"]
+    assert len(dashed) == 2 and {t.xaxis for t in dashed} == {"x"} and all(t.showlegend for t in dashed)
+    assert fig.layout.yaxis.range[1] >= 0.1  # the axis holds the blocked decoding's intervals too
 
 
 def test_the_run_banner_is_a_small_table_without_machine_paths(tmp_path):

@@ -69,6 +69,24 @@ def test_greedy_is_deterministic_and_sampling_is_an_option(tiny_compressor):
     assert s1.token_ids == s2.token_ids
 
 
+def _bigrams(ids: list[int]) -> list[tuple[int, int]]:
+    return list(zip(ids, ids[1:]))
+
+
+def test_no_repeat_ngram_stops_the_loops_of_greedy_decoding(tiny_compressor):
+    """The random tiny model loops; with the block, greedy decoding is the same until its first repeated
+    bigram would be completed, and no bigram comes twice after that."""
+    z = tiny_compressor.compress(TEXT)
+    plain = tiny_compressor.reconstruct(z, max_new_tokens=40).token_ids
+    pairs = _bigrams(plain)
+    first_repeat = next(i for i, pair in enumerate(pairs) if pair in pairs[:i])  # the loop the block must stop
+    blocked = tiny_compressor.reconstruct(z, max_new_tokens=40, no_repeat_ngram=2).token_ids
+    assert blocked[: first_repeat + 1] == plain[: first_repeat + 1] and blocked[first_repeat + 1] != plain[first_repeat + 1]
+    assert len(set(_bigrams(blocked))) == len(blocked) - 1
+    with pytest.raises(ValueError, match="no_repeat_ngram"):
+        tiny_compressor.answer(z, "Who?", no_repeat_ngram=-1)
+
+
 def test_generation_stops_at_a_stop_token(tiny_compressor, monkeypatch):
     z = tiny_compressor.compress(TEXT)
     free = tiny_compressor.answer(z, "Who?", max_new_tokens=6).token_ids
@@ -172,6 +190,8 @@ def test_cli_compress_then_answer(tiny_llm_dir, tmp_path, capsys):
         assert main(["compress", str(tmp_path / "ctx.txt"), "-o", str(out), "--llm", str(tiny_llm_dir)]) == 0
         assert out.is_file()
         assert main(["answer", str(out), "Who?", "--llm", str(tiny_llm_dir), "--max-new-tokens", "3"]) == 0
+        assert main(["reconstruct", str(out), "--llm", str(tiny_llm_dir), "--max-new-tokens", "3",
+                     "--no-repeat-ngram", "2"]) == 0
         (tmp_path / "empty.txt").write_text("  ")
         assert main(["compress", str(tmp_path / "empty.txt"), "-o", str(out), "--llm", str(tiny_llm_dir)]) == 2
     assert "context is empty" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from icformer.evaluate import (
 )
 from icformer.compressors.icae import ICAEConfig, ICAEModel
 from icformer.llm import load_llm
+from icformer.metrics import sentence_bleu
 from icformer.timing import source_commit
 
 from .conftest import TINY_K, TINY_L, make_tiny_icformer
@@ -169,6 +170,10 @@ def test_writes_the_documented_schema_and_the_app_reads_it(cc, data_dir, tmp_pat
     for sample in by_window.values():  # scored with another window's vectors, of the same kind
         assert sample["partner"] != sample["window"] and sample["partner"] in by_window
         assert sample["ce_swapped"] != sample["ce"]
+    assert all(r["bleu_no_repeat_lo"] <= r["bleu_no_repeat"] <= r["bleu_no_repeat_hi"] for r in rec)
+    for sample in windows:  # the same vectors decoded again with the n-gram block, scored the same way
+        assert sample["bleu_no_repeat"] == sentence_bleu(sample["text_no_repeat"], sample["reference"])
+    assert any(s["text_no_repeat"] != s["text"] for s in windows)  # the random tiny models loop
     rand = result["tables"]["reconstruction_by_randomness"]
     assert [r["kind"] for r in rand] == list(RANDOMNESS_KINDS) * 2 and {r["length"] for r in rand} == {12}
 
@@ -217,7 +222,8 @@ def test_a_rerun_skips_finished_samples(cc, data_dir, tmp_path, monkeypatch):
     counter = CountingGenerate(monkeypatch)
     run_evaluation(cc, out, data_dir=data_dir, no_pretrain=None, progress=False, **settings)
     per_question = len(METHODS + FLOORS)
-    assert counter.calls == 2 * per_question + 1 * 2  # questions x (methods + floors) + windows x compressors
+    # questions x (methods + floors) + windows x compressors x (greedy, greedy without repeated n-grams)
+    assert counter.calls == 2 * per_question + 1 * 2 * 2
     stores = ("qa_answers.jsonl", "qa_samples.jsonl", "reconstruction_samples.jsonl")
     before = {name: (out / name).read_text() for name in stores}
 
@@ -261,7 +267,7 @@ def test_a_new_checkpoint_recomputes_only_its_own_rows(cc, data_dir, tmp_path, m
         other = ContextCompressor(cc.target, make_tiny_icformer(cc.target, seed=5), cc.icae, max_context_tokens=2048)
     counter = CountingGenerate(monkeypatch)
     run_evaluation(other, out, data_dir=data_dir, no_pretrain=None, progress=False, **settings)
-    assert counter.calls == 2 * 2 + 1  # icformer and icformer-swapped per question, icformer's window
+    assert counter.calls == 2 * 2 + 2  # icformer and icformer-swapped per question, icformer's window twice
     second = {r["id"]: r for r in _jsonl(out / "qa_answers.jsonl")}
     kept = {i for i in first if i in second and first[i] == second[i]}
     assert {first[i]["variant"] for i in kept} == {"full", "none", "icae", "icae-swapped"}
@@ -305,6 +311,9 @@ def test_batched_decoding_matches_answer_and_reconstruct(cc):
              for c in contexts]
     for context, (ids, _) in zip(contexts, evaluate.generate_batch(cc, items, 8)):
         assert ids == cc.reconstruct(context, max_new_tokens=8).token_ids
+    for context, (ids, _) in zip(contexts, evaluate.generate_batch(cc, items, 24, no_repeat_ngram=2)):
+        assert ids == cc.reconstruct(context, max_new_tokens=24, no_repeat_ngram=2).token_ids
+        assert len(set(zip(ids, ids[1:]))) == len(ids) - 1
 
 
 def test_teacher_forced_answer_ce_is_the_training_loss_per_prompt(cc):

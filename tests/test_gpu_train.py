@@ -157,16 +157,30 @@ def test_prepare_refuses_a_lease_that_needs_too_many_calls(tmp_path, mode, what,
     assert not (tmp_path / "lease").exists()
 
 
+# A Python that fails IC-Former's pre-training once before its first step, as a start out of GPU memory would.
+FAILING_START = """#!/usr/bin/env bash
+if [[ " $* " == *" -m icformer train "* && " $* " == *"/runs/icformer-pretrain "* && " $* " != *" --grad-accum 2 "* ]]
+then echo "simulated: CUDA out of memory" >&2; exit 1; fi
+exec {python} "$@"
+"""
+
+
 @pytest.mark.slow
 def test_the_cpu_rehearsal_runs_the_lease_end_to_end(tmp_path):
     """`scripts/gpu_train.sh rehearse`: prepare in several shipments (the published weights among them), run the
     four stages of the embedded model on from the published checkpoints under budgets, bring the bundle back
-    within the return limits and publish it with the earlier stages first."""
-    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    within the return limits and publish it with the earlier stages first. IC-Former's pre-training fails to
+    start once, so the rehearsal also takes the lease's retry: the same samples per step in halves."""
+    python = tmp_path / "python"
+    python.write_text(FAILING_START.format(python=sys.executable))
+    python.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(python), OMP_NUM_THREADS="1")
     done = subprocess.run(["bash", "scripts/gpu_train.sh", "rehearse", str(tmp_path)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "GGUF, data, wheel and 2 published weight files in" in done.stdout
+    assert "== icformer-pretrain: again with --batch-size 1 --grad-accum 2" in done.stdout
+    assert "simulated: CUDA out of memory" in done.stdout + done.stderr
     out = tmp_path / "out"
     returned = [p for p in out.iterdir()]
     assert len(returned) <= lease.RETURN_FILES and all(p.stat().st_size <= lease.RETURN_FILE_LIMIT for p in returned)
@@ -178,9 +192,12 @@ def test_the_cpu_rehearsal_runs_the_lease_end_to_end(tmp_path):
     assert pretrain["init_from"] == "assets/checkpoints/icformer" and config("icae-pretrain")["init_from"] == \
         "assets/checkpoints/icae"
     assert (pretrain["context_tokens"], pretrain["short_window_ratio"], pretrain["readout_weight"]) == (512, 0.5, 0)
+    assert (pretrain["batch_size"], pretrain["grad_accum"]) == (1, 2)  # the retry's halves
+    assert (config("icae-pretrain")["batch_size"], config("icae-pretrain")["grad_accum"]) == (2, 1)
     assert stages["icformer-pretrain"]["ended"] == "time budget"  # max_steps 1000 is out of reach
     assert pretrain["decay_s"] == round(0.5 * record["budgets_s"]["icformer-pretrain"])  # its last half decays
     assert stages["icae-pretrain"]["steps"] == stages["icformer-pretrain"]["steps"]  # the same samples
+    assert stages["icae-pretrain"]["samples_seen"] == stages["icformer-pretrain"]["samples_seen"]
     assert all(config(f"{m}-finetune")["ae_ratio"] == 0.25 for m in ("icformer", "icae"))
     assert all(s["tokens_per_s"] > 0 and s["samples_seen"] > 0 for s in stages.values())
     for name in ("icformer", "icae"):

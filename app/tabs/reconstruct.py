@@ -22,6 +22,7 @@ from .common import COMPRESSORS, Runner, SessionContexts, Tab, Throttle, UserInp
 
 
 RECONSTRUCT_MAX_TOKENS = 1024  # one request's decode budget: about 35 s of an idle 2-core CPU
+BLOCKED_NGRAM = 3  # the "no repeated phrases" box: greedy decoding never completes a 3-gram twice
 
 
 def reconstruction_limit(num_tokens: int, requested: float | None) -> int:
@@ -62,6 +63,11 @@ class ReconstructTab(Tab):
                     info=f"0: the context's own length plus {RECONSTRUCTION_MARGIN}, enough for all of it (at most "
                          f"{RECONSTRUCT_MAX_TOKENS:,}). The text streams as it is decoded.",
                 )
+                c["no_repeat"] = gr.Checkbox(
+                    value=False, label=f"no repeated {BLOCKED_NGRAM}-grams", elem_id="icf-rec-no-repeat",
+                    info="Off: plain greedy decoding, as the paper scores it. On: a phrase never comes twice, so a "
+                         "reconstruction that would loop goes on to what else the vectors hold.",
+                )
                 c["rec_btn"] = gr.Button("Reconstruct", variant="primary", elem_id="icf-reconstruct")
                 c["rec_stop"] = gr.Button("Stop", variant="stop", interactive=False, elem_id="icf-rec-stop")
             c["stats"] = gr.HTML(label="stats", show_label=False, elem_id="icf-rec-stats")
@@ -82,7 +88,8 @@ class ReconstructTab(Tab):
 
     def wire(self, run: Runner) -> None:
         c = self.c
-        run.run_locked([c["rec_btn"].click], self.reconstruct, [c["context"], c["method"], c["max_new"], c["session"]],
+        run.run_locked([c["rec_btn"].click], self.reconstruct, [c["context"], c["method"], c["max_new"], c["no_repeat"],
+                                         c["session"]],
                        ReconstructView, c, "reconstruct", "decode", [c["stats"]])
         run.run_locked([c["att_btn"].click], self.attention, [c["context"]], AttentionView, c, "attention", "quick",
                        [c["attention_plot"]])
@@ -90,8 +97,9 @@ class ReconstructTab(Tab):
     # ------------------------------------------------------------------ handlers
 
     @friendly_errors
-    def reconstruct(self, text: str, method: str, max_new_tokens: float, state: SessionContexts | None,
-                    request: gr.Request = None, progress=gr.Progress()) -> Iterator[ReconstructView]:
+    def reconstruct(self, text: str, method: str, max_new_tokens: float, no_repeat: bool,
+                    state: SessionContexts | None, request: gr.Request = None,
+                    progress=gr.Progress()) -> Iterator[ReconstructView]:
         """Decode the session's vectors back to text, streamed; Stop keeps what was decoded.
 
         Each token is one turn on the shared model, so other visitors' requests run in between."""
@@ -108,7 +116,9 @@ class ReconstructTab(Tab):
                 state = shared.ensure_contexts(cc, text, state, (method,), progress)
                 z = state.contexts[method]
             limit = reconstruction_limit(z.num_tokens, max_new_tokens)
-            for result in shared.stream(lambda cc: cc.stream_reconstruct(z, max_new_tokens=limit), stop):
+            blocked = BLOCKED_NGRAM if no_repeat else 0
+            decode = lambda cc: cc.stream_reconstruct(z, max_new_tokens=limit, no_repeat_ngram=blocked)  # noqa: E731
+            for result in shared.stream(decode, stop):
                 if throttle.due():
                     done = len(result.token_ids)
                     progress(done / limit, desc=f"Decoding {label(method)} vectors: {done:,} of up to {limit:,} tokens")
@@ -120,11 +130,12 @@ class ReconstructTab(Tab):
         score = reconstruction_score(text, result.text)
         wall = time.perf_counter() - began
         stats = reconstruction_stats(score.bleu, score.counts, z.num_tokens, z.num_vectors, result, limit,
-                                     capped=limit < z.num_tokens + RECONSTRUCTION_MARGIN, wall_s=wall)
+                                     capped=limit < z.num_tokens + RECONSTRUCTION_MARGIN, wall_s=wall,
+                                     no_repeat_ngram=blocked)
         summary = dict(method=method, bleu=score.bleu, text=result.text, num_tokens=z.num_tokens,
                        num_vectors=z.num_vectors, timings=result.timings, device=result.device,
-                       trained=result.trained, diff_counts=score.counts, max_new_tokens=limit, stopped=not result.done,
-                       wall_s=wall)
+                       trained=result.trained, diff_counts=score.counts, max_new_tokens=limit, no_repeat_ngram=blocked,
+                       stopped=not result.done, wall_s=wall)
         yield ReconstructView(diff_spans(score.ops), stats, result.text, summary, state)
 
     @friendly_errors

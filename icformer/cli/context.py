@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument("context", type=Path, help=".safetensors compressed context or a text file")
     add_method_arg(parser, None)
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--no-repeat-ngram", type=int, default=0, metavar="N",
+                        help="never repeat an N-gram of the new text (0: plain greedy, the paper's decoding)")
     if verb == "answer":
         parser.add_argument("question")
 
@@ -39,9 +41,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     context = _load_context(args.context)
     if args.verb == "answer":
-        result = cc.answer(context, args.question, method=args.method, max_new_tokens=args.max_new_tokens)
+        result = cc.answer(context, args.question, method=args.method, max_new_tokens=args.max_new_tokens,
+                           no_repeat_ngram=args.no_repeat_ngram)
     else:
-        result = cc.reconstruct(context, method=args.method, max_new_tokens=args.max_new_tokens)
+        result = cc.reconstruct(context, method=args.method, max_new_tokens=args.max_new_tokens,
+                                no_repeat_ngram=args.no_repeat_ngram)
     print(result.text)
     print(json.dumps({"method": result.method, "timings": result.timings, "trained": result.trained}), file=sys.stderr)
     return 0

@@ -7,6 +7,7 @@ interrupt every generation in one place.
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -54,21 +55,24 @@ def _padded(cc: ContextCompressor, embeds: list[torch.Tensor], *, left: bool) ->
 
 @torch.no_grad()
 def generate_batch(cc: ContextCompressor, items: Sequence[tuple[Any, Layout, torch.Tensor]], max_new_tokens: int, *,
-                   first_line: bool = False) -> list[tuple[list[int], str]]:
+                   first_line: bool = False, no_repeat_ngram: int = 0) -> list[tuple[list[int], str]]:
     """Greedy answers to several prompts in one left-padded batch: (new token ids, text) each.
 
     `items` are (compressor model or None, layout, vectors): the inputs `ContextCompressor.answer`
     and `.reconstruct` build, decoded together because a CPU decodes 8 sequences in about a third
     of the time of 8 one by one. `first_line` stops a sequence at its first line break and keeps
-    only that line (the short-answer protocol).
+    only that line (the short-answer protocol). `no_repeat_ngram`: as `SamplingOptions` (0: plain greedy).
     """
     tokenizer = cc.tokenizer
     batch, mask = _padded(cc, _prompt_embeds(cc, items), left=True)
     stops = stop_token_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=pad)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=pad,
+                              no_repeat_ngram_size=no_repeat_ngram)
     criteria = StoppingCriteriaList([FirstLine(tokenizer)]) if first_line else None
-    with cc._decoder():
+    with cc._decoder(), warnings.catch_warnings():
+        # The block covers the new tokens only (the prompt is vectors), as in SamplingOptions: what we want.
+        warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
         out = cc.llm.generate(inputs_embeds=batch, attention_mask=mask, generation_config=config,
                               stopping_criteria=criteria)
     results = []

@@ -6,8 +6,10 @@ and corpus BLEU-4, plus the teacher-forced cross-entropy of the same original to
 reconstruction prompt (``[vectors][AE]<bos>`` in the default prompt style, ``prompts.py``), and
 the same given the vectors of another window (the next of its kind in the plan): their difference,
 the swap gap, is what the vectors carry of their own window, which BLEU cannot show while
-reconstructions are still unreadable. The randomness sequences (``randomness.py``) share the store
-and the scoring.
+reconstructions are still unreadable. A second greedy decoding of the same vectors never repeats an
+n-gram (``reconstruction_no_repeat_ngram``, ``bleu_no_repeat``): an undertrained compressor's
+reconstructions loop on a phrase, and the block shows what else they hold. The randomness sequences
+(``randomness.py``) share the store and the scoring.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def open_reconstruction(ws: Workspace) -> ReconstructionPlan:
     keys = {label: settings_key(dict(section="reconstruction", llm=ws.cc.target.fingerprint,
                                      model=ws.fingerprints[label], extra=s.reconstruction_extra_tokens,
                                      cap=s.reconstruction_max_new_tokens, width=s.bucket_width, seed=s.seed, data=data,
+                                     no_repeat=s.reconstruction_no_repeat_ngram,
                                      swapped="next-of-kind"))
             for label in ws.compressors}
     windows = length_plan(ws) + randomness_plan(ws)
@@ -110,17 +113,25 @@ def _reconstruct(ws: Workspace, plan: ReconstructionPlan, label: str, method: Me
     cap = s.reconstruction_max_new_tokens
     limits = [min(len(ids) + s.reconstruction_extra_tokens, cap) for _, _, ids in chunk]
     encoded = [decoding.encode_timed(method, ids) for _, _, ids in chunk]
-    outputs = decoding.generate_batch(ws.cc, [(method.model, layout, v) for v, _ in encoded], max(limits))
-    for (window, fields, ids), (vectors, seconds), (out_ids, _), limit in zip(chunk, encoded, outputs, limits):
+    prompts = [(method.model, layout, v) for v, _ in encoded]
+    outputs = decoding.generate_batch(ws.cc, prompts, max(limits))
+    # The same vectors decoded so that no phrase comes twice: what a reconstruction that loops would say next.
+    n = s.reconstruction_no_repeat_ngram
+    blocked = decoding.generate_batch(ws.cc, prompts, max(limits), no_repeat_ngram=n) if n else [None] * len(chunk)
+    for (window, fields, ids), (vectors, seconds), (out_ids, _), other, limit in zip(chunk, encoded, outputs, blocked,
+                                                                                    limits):
         scored, out_ids = min(len(ids), cap), out_ids[:limit]  # greedy: a shorter limit is a prefix
         reference = tokenizer.decode(ids[:scored], skip_special_tokens=True).strip()
         text = tokenizer.decode(out_ids, skip_special_tokens=True).strip()
+        text_no_repeat = None if other is None else tokenizer.decode(other[0][:limit], skip_special_tokens=True).strip()
         ce = reconstruction_ce(method, ids, scored)
         partner, partner_ids = plan.partner(window)
         swapped = reconstruction_ce(method, ids, scored, partner_ids)
         plan.store.add(dict(
             id=f"{window}|{label}", window=window, method=label, **fields, num_tokens=len(ids),
             scored_tokens=scored, reference=reference, text=text, bleu=sentence_bleu(text, reference),
+            text_no_repeat=text_no_repeat,
+            bleu_no_repeat=None if text_no_repeat is None else sentence_bleu(text_no_repeat, reference),
             ce=ce, partner=partner, ce_swapped=swapped, ce_gap=swapped - ce,
             token_accuracy=sum(a == b for a, b in zip(out_ids, ids[:scored])) / scored,
             num_vectors=len(vectors), trained=method.trained, compress_s=seconds, new_tokens=len(out_ids)))
@@ -159,7 +170,7 @@ def summarise_reconstruction(rows: list[dict], group: str, column: str | None = 
     for (label, value), results in sorted(groups.items(), key=lambda item: (order[item[0][0]],
                                                                              kinds.get(item[0][1], item[0][1]))):
         summary: dict[str, Any] = {"method": label, column or group: value, "length": results[0]["num_tokens"]}
-        for score in ("bleu", "ce", "ce_swapped", "ce_gap", "token_accuracy"):
+        for score in ("bleu", "bleu_no_repeat", "ce", "ce_swapped", "ce_gap", "token_accuracy"):
             with_interval(summary, score, [r.get(score) for r in results], resamples, seed)
         summary.update(
             corpus_bleu=bleu_score([r["text"] for r in results], [r["reference"] for r in results]),

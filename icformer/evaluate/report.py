@@ -159,6 +159,7 @@ def _run_fields(meta: dict[str, Any]) -> dict[str, Any]:
         **{key: s[key] for key in ("seed", "qa_max_context_tokens", "batch_size", "length_samples", "bucket_width",
                                    "randomness_samples", "reconstruction_extra_tokens", "reconstruction_max_new_tokens",
                                    "max_new_tokens", "bootstrap_resamples")},
+        reconstruction_no_repeat_ngram=s.get("reconstruction_no_repeat_ngram", 0),  # runs before it had none
         **{f"d_{key}": getattr(d, key) for key in ("qa_samples", "length_samples", "randomness_samples",
                                                    "bench_max_batch_tokens")},
         **{f"q_{key}": getattr(q, key) for key in ("qa_samples", "max_new_tokens", "length_samples",
@@ -192,7 +193,7 @@ def _tables(meta: dict[str, Any], tables: dict[str, list[dict]], bench: list[dic
     paper = [{**r, "ours": with_ci(r, "ours"),
               "ours/paper": (r["ours"] / r["paper"]) if r["ours"] is not None else None}
              for r in tables["paper_vs_ours"]]
-    rec_ci = ("bleu", "ce", "ce_gap", "token_accuracy")
+    rec_ci = ("bleu", "bleu_no_repeat", "ce", "ce_gap", "token_accuracy")
     return dict(
         findings="".join(f + "\n\n" for f in qa_findings(tables["qa_summary"], meta["settings"]["max_new_tokens"])),
         qa_table=markdown_table(
@@ -203,11 +204,11 @@ def _tables(meta: dict[str, Any], tables: dict[str, list[dict]], bench: list[dic
                                         ("dataset", "method", "n", "f1", "exact_match", "rougeL_f", "f1_over_none")),
         length_table=markdown_table(_intervals(tables["reconstruction_by_length"], rec_ci),
                                     ("method", "length_bucket", "n", "mean_tokens", "scored_tokens", "bleu",
-                                     "corpus_bleu", "ce", "ce_swapped", "ce_gap", "token_accuracy", "num_vectors",
+                                     "corpus_bleu", "bleu_no_repeat", "ce", "ce_swapped", "ce_gap", "token_accuracy", "num_vectors",
                                      "trained")),
         randomness_table=markdown_table(_intervals(tables["reconstruction_by_randomness"], rec_ci),
                                         ("method", "kind", "length", "n", "scored_tokens", "bleu", "corpus_bleu",
-                                         "ce", "ce_swapped", "ce_gap", "token_accuracy", "trained")),
+                                         "bleu_no_repeat", "ce", "ce_swapped", "ce_gap", "token_accuracy", "trained")),
         bench_table=markdown_table(bench, ("method", "batch_size", "length", "compress_s", "prefill_s", "total_s",
                                            "speedup_vs_icae", "total_speedup_vs_full", "flops_exact",
                                            "flops_ratio_vs_icae")) if bench else f"_{bench_note or 'not run'}_\n",
