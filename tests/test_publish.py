@@ -58,6 +58,8 @@ def test_publish_copies_the_final_weights_logs_and_a_card_computed_from_them(tmp
     readme = (dest / "README.md").read_text()
     assert f"| finetune | icformer-finetune | 2 | {log[-1]['samples_seen']} |" in readme
     assert f"BLEU {rec['bleu']:.4f}" in readme and "Weights: bfloat16" in readme
+    assert rec["no_repeat_ngram"] == 3 and 0.0 <= rec["bleu_no_repeat"] <= 1.0
+    assert f"without repeating a 3-gram (not the paper's decoding): BLEU {rec['bleu_no_repeat']:.4f}" in readme
     assert card["note"] is None and "How it was made" not in readme
 
 
