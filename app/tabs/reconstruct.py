@@ -57,16 +57,17 @@ class ReconstructTab(Tab):
         with gr.Tab("Reconstruct", id="reconstruct"):
             gr.Markdown(RECONSTRUCT_INTRO_MD)
             with gr.Row():
-                c["method"] = gr.Radio(list(COMPRESSORS), value="icformer", label="Vectors to decode")
+                with gr.Column(scale=1, min_width=200):
+                    c["method"] = gr.Radio(list(COMPRESSORS), value="icformer", label="Vectors to decode")
+                    c["no_repeat"] = gr.Checkbox(
+                        value=False, label=f"no repeated {BLOCKED_NGRAM}-grams", elem_id="icf-rec-no-repeat",
+                        info="Off: plain greedy, as the paper scores it. On: no phrase comes twice, so a "
+                             "reconstruction that would loop goes on to what else the vectors hold.",
+                    )
                 c["max_new"] = gr.Slider(
                     0, RECONSTRUCT_MAX_TOKENS, value=0, step=16, label="max new tokens", elem_id="icf-rec-max",
                     info=f"0: the context's own length plus {RECONSTRUCTION_MARGIN}, enough for all of it (at most "
                          f"{RECONSTRUCT_MAX_TOKENS:,}). The text streams as it is decoded.",
-                )
-                c["no_repeat"] = gr.Checkbox(
-                    value=False, label=f"no repeated {BLOCKED_NGRAM}-grams", elem_id="icf-rec-no-repeat",
-                    info="Off: plain greedy decoding, as the paper scores it. On: a phrase never comes twice, so a "
-                         "reconstruction that would loop goes on to what else the vectors hold.",
                 )
                 c["rec_btn"] = gr.Button("Reconstruct", variant="primary", elem_id="icf-reconstruct")
                 c["rec_stop"] = gr.Button("Stop", variant="stop", interactive=False, elem_id="icf-rec-stop")
