@@ -22,7 +22,7 @@ from .common import COMPRESSORS, Runner, SessionContexts, Tab, Throttle, UserInp
 
 
 RECONSTRUCT_MAX_TOKENS = 1024  # one request's decode budget: about 35 s of an idle 2-core CPU
-BLOCKED_NGRAM = 3  # the "no repeated phrases" box: greedy decoding never completes a 3-gram twice
+BLOCKED_NGRAM = 3  # the "no repeated 3-grams" box: greedy decoding never completes a 3-gram twice
 
 
 def reconstruction_limit(num_tokens: int, requested: float | None) -> int:
