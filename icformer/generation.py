@@ -38,6 +38,11 @@ class Answer:
     done: bool = True  # False: a step of a stream, the decode still running (or stopped by its caller)
 
 
+# The n-gram block wherever the project offers one (app box, evaluation, model cards): 4 did no better
+# (docs/learning.md, "Greedy decoding loops").
+NO_REPEAT_NGRAM = 3
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     max_new_tokens: int = 256

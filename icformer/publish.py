@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from .files import partial_path, sha256_file
 from .compressors.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_metadata
 from .defaults import ASSETS_DIR
+from .generation import NO_REPEAT_NGRAM
 from .train import latest_checkpoint, logged_steps
 
 # Published name -> the run its weights come from. The runs before it are found through `init_from`
@@ -175,9 +176,6 @@ def earlier_card(stages: list[StageSummary]) -> tuple[Path, dict] | None:
         raise ValueError(f"{init_from} already holds the runs {sorted(ours)}: it was published from them, "
                          "so they cannot go on from it (`publish --republish` rewrites a published card)")
     return Path(init_from), card
-
-
-NO_REPEAT_NGRAM = 3  # the card's second decoding, as the evaluation's (docs/learning.md, "Greedy decoding loops")
 
 
 def heldout_reconstruction(cc, method: str, data_dir: Path, samples: int, length: int, seed: int,

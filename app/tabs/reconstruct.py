@@ -13,6 +13,7 @@ import gradio as gr
 from icformer.attention import context_attention
 from icformer.compare import reconstruction_score
 from icformer.compressor import RECONSTRUCTION_MARGIN
+from icformer.generation import NO_REPEAT_NGRAM
 
 from .. import charts
 from ..presentation import (
@@ -22,7 +23,6 @@ from .common import COMPRESSORS, Runner, SessionContexts, Tab, Throttle, UserInp
 
 
 RECONSTRUCT_MAX_TOKENS = 1024  # one request's decode budget: about 35 s of an idle 2-core CPU
-BLOCKED_NGRAM = 3  # the "no repeated 3-grams" box: greedy decoding never completes a 3-gram twice
 
 
 def reconstruction_limit(num_tokens: int, requested: float | None) -> int:
@@ -60,7 +60,7 @@ class ReconstructTab(Tab):
                 with gr.Column(scale=1, min_width=200):
                     c["method"] = gr.Radio(list(COMPRESSORS), value="icformer", label="Vectors to decode")
                     c["no_repeat"] = gr.Checkbox(
-                        value=False, label=f"no repeated {BLOCKED_NGRAM}-grams", elem_id="icf-rec-no-repeat",
+                        value=False, label=f"no repeated {NO_REPEAT_NGRAM}-grams", elem_id="icf-rec-no-repeat",
                         info="Off: plain greedy, as the paper scores it. On: no phrase comes twice, so a "
                              "reconstruction that would loop goes on to what else the vectors hold.",
                     )
@@ -117,7 +117,7 @@ class ReconstructTab(Tab):
                 state = shared.ensure_contexts(cc, text, state, (method,), progress)
                 z = state.contexts[method]
             limit = reconstruction_limit(z.num_tokens, max_new_tokens)
-            blocked = BLOCKED_NGRAM if no_repeat else 0
+            blocked = NO_REPEAT_NGRAM if no_repeat else 0
             decode = lambda cc: cc.stream_reconstruct(z, max_new_tokens=limit, no_repeat_ngram=blocked)  # noqa: E731
             for result in shared.stream(decode, stop):
                 if throttle.due():

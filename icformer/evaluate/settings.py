@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..generation import NO_REPEAT_NGRAM
+
 SECTIONS = ("qa", "reconstruction", "randomness", "bench")
 
 
@@ -32,8 +34,9 @@ class EvalSettings:
     randomness_samples: int = _option(5, "sequences per randomness kind")
     reconstruction_extra_tokens: int = _option(16, "reconstructions generate up to num_tokens + this ...")
     reconstruction_max_new_tokens: int = _option(40, "... but at most this many: BLEU and CE score that prefix")
-    reconstruction_no_repeat_ngram: int = _option(3, "a second greedy decoding of each reconstruction that never "
-                                                     "repeats an n-gram of this length (bleu_no_repeat; 0: none)")
+    reconstruction_no_repeat_ngram: int = _option(NO_REPEAT_NGRAM, "a second greedy decoding of each reconstruction "
+                                                                   "that never repeats an n-gram of this length "
+                                                                   "(bleu_no_repeat; 0: none)")
     bootstrap_resamples: int = _option(1000, "resamples for the 95%% intervals")
     bench_lengths: tuple[int, ...] = _option((128, 512, 2048), "benchmark context lengths")
     bench_batch_sizes: tuple[int, ...] = _option((1, 8), "benchmark batch sizes")
